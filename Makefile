@@ -1,0 +1,57 @@
+# xfrmid: `make demo` and `make test` are the two commands a new user runs, as root,
+# on a fresh Debian-family machine. Both install what they need and are safe to
+# run twice.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
+	dbus dbus-bin libsystemd-dev pkg-config gcc
+REPORTS := build/reports
+
+.PHONY: all deps venv test test-host test-kernel demo clean help
+
+all: help
+
+help:
+	@echo "make demo   run xfrmid in a throwaway VM and show what it does"
+	@echo "make test   host tests, then all kernel tests in a throwaway VM"
+	@echo "make deps   install the Debian packages the VM and the build need"
+	@echo "make clean  remove build/ and the venv"
+
+# Debian packages: installed only when one is missing, so a second run is quick.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' virtme-ng
+	touch $@
+
+venv: deps $(VENV)/.stamp
+
+test: venv
+	$(MAKE) test-host
+	$(MAKE) test-kernel
+
+test-host:
+	@mkdir -p $(REPORTS)
+	$(PY) -m pytest tests/host -q --junitxml=$(REPORTS)/host.xml
+
+# One VM runs every kernel test; any failure or skip there fails the build.
+test-kernel:
+	@mkdir -p $(REPORTS)
+	rm -f $(REPORTS)/kernel.xml
+	tests/vm/run python -m pytest tests/kernel -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel.xml
+	$(PY) tests/vm/check_report.py $(REPORTS)/kernel.xml 40
+
+demo: venv
+	tests/vm/run examples/demo.sh
+
+clean:
+	rm -rf build $(VENV) *.egg-info

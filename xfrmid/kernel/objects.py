@@ -1,0 +1,76 @@
+"""Plain values describing kernel objects, shared by the kernel layer and the core.
+
+Specs say what xfrmid wants; states say what the kernel has. All are frozen
+and hashable so plans can be computed as set differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAIN_TABLE = 254
+
+# Markers on everything xfrmid creates (see README "How xfrmid marks its objects").
+XFRMID_PROTO = 120  # rtm_protocol / FRA_PROTOCOL; 'x' in ASCII; named in rt_protos.d
+XFRMID_LINK_GROUP = 120  # IFLA_GROUP of links xfrmid created (bulk listing/deletion)
+XFRMID_ALIAS = "xfrmid"  # IFLA_IFALIAS of links xfrmid created
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """An XFRM interface as xfrmid wants it."""
+
+    name: str
+    if_id: int
+    link: str | None = None  # underlying device (IFLA_XFRM_LINK), for offload
+    mtu: int | None = None  # None: the kernel's default
+    up: bool = True
+    external: bool = False  # collect_md mode (IFLA_XFRM_COLLECT_METADATA)
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """An XFRM interface as the kernel reports it."""
+
+    name: str
+    if_id: int
+    ifindex: int
+    link: str | None
+    mtu: int
+    up: bool  # administratively up (IFF_UP)
+    operstate: str
+    external: bool
+    owned: bool  # carries xfrmid's markers: xfrmid created it
+
+
+@dataclass(frozen=True)
+class AddressSpec:
+    """An address on an interface; ``cidr`` normalised by validate.parse_interface_cidr."""
+
+    ifname: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """A route through an interface; ``dst`` is a normalised network ("10.0.0.0/8")."""
+
+    dst: str
+    dev: str
+    table: int = MAIN_TABLE
+    src: str | None = None
+    metric: int | None = None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A policy routing rule; ``invert`` is iproute2's ``not`` (FIB_RULE_INVERT)."""
+
+    priority: int
+    table: int
+    family: int  # socket.AF_INET or socket.AF_INET6
+    dst: str | None = None
+    src: str | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    invert: bool = False
