@@ -1,0 +1,1 @@
+"""The core: desired state, reference counting and plans. Never imports D-Bus."""
