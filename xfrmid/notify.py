@@ -121,3 +121,11 @@ class Notifier:
         while True:
             self.watchdog()
             await asyncio.sleep(interval)
+
+
+def notify(*assignments: str) -> bool:
+    """Send raw ``VAR=value`` lines in one datagram; False when NOTIFY_SOCKET is unset.
+
+    Prefer a Notifier (ready(), reloading() with MONOTONIC_USEC, the watchdog task).
+    """
+    return Notifier().send(*assignments)

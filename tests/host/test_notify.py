@@ -119,3 +119,12 @@ def test_child_process_notifies(notify_socket: NotifySocket):
     subprocess.run([sys.executable, "-c", code], env={**os.environ, **notify_socket.env()}, check=True, timeout=30)
     assert notify_socket.wait_for("READY") == {"READY": "1", "STATUS": "up"}
     assert notify_socket.wait_for("STOPPING")["STOPPING"] == "1"
+
+
+def test_module_level_notify(notify_socket: NotifySocket, monkeypatch):
+    from xfrmid.notify import notify
+
+    assert notify("READY=1", "STATUS=Serving 0 interfaces")
+    assert notify_socket.receive() == {"READY": "1", "STATUS": "Serving 0 interfaces"}
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert notify("READY=1") is False
