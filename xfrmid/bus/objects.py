@@ -1,0 +1,258 @@
+"""The exported objects: the Manager at /org/xfrmid1 and one object per interface.
+
+PascalCase lives only here, at the edge. Method bodies translate D-Bus
+arguments into one Manager call each; the caller's unique name comes from
+``CALLER``, which the dispatcher (xfrmid.bus.service) sets for every call.
+"""
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from dbus_fast import Variant
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+
+from .. import __version__
+from ..core.views import InterfaceInfo
+from .names import INTERFACE_IFACE, MANAGER_IFACE, interface_path
+from .options import parse_options
+
+if TYPE_CHECKING:
+    from ..core.manager import Manager
+
+# Unique bus name of the connection whose call is being handled.
+CALLER: ContextVar[str | None] = ContextVar("xfrmid_bus_caller", default=None)
+
+# Methods every local user may call; all others need root or group xfrmid.
+OPEN_METHODS = frozenset({"ListInterfaces"})
+
+# Names of output arguments, for introspection (dbus-fast leaves them unnamed).
+OUT_NAMES = {
+    "CreateInterface": ["path"],
+    "Attach": ["path", "if_id", "mark", "mask"],
+    "Detach": ["deleted"],
+    "ListInterfaces": ["interfaces"],
+    "Reconcile": ["counts"],
+}
+
+_FEATURE_KEYS = ("xfrm_interface", "collect_md", "set_mark_mask")
+
+
+def _ns(opts: dict[str, Any]) -> str | None:
+    return opts.get("netns") or None
+
+
+class ManagerInterface(ServiceInterface):
+    def __init__(self, manager: "Manager", reload: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(MANAGER_IFACE)
+        self._manager = manager
+        self._reload = reload
+        for method in ServiceInterface._get_methods(self):
+            for arg, name in zip(method.introspection.out_args, OUT_NAMES.get(method.name, [])):
+                arg.name = name
+
+    # ---- methods -------------------------------------------------------
+
+    @dbus_method()
+    async def CreateInterface(self, name: "s", if_id: "u", options: "a{sv}") -> "o":
+        o = parse_options("CreateInterface", options)
+        info = await self._manager.create_interface(
+            name,
+            if_id,
+            netns=_ns(o),
+            link=o.get("link") or None,
+            mtu=o.get("mtu"),
+            external=o.get("external", False),
+            addresses=o.get("addresses", ()),
+        )
+        return interface_path(info.name, info.netns)
+
+    @dbus_method()
+    async def DeleteInterface(self, name: "s", options: "a{sv}"):
+        o = parse_options("DeleteInterface", options)
+        await self._manager.delete_interface(name, netns=_ns(o), force=o.get("force", False))
+
+    @dbus_method()
+    async def Attach(self, name: "s", owner: "s", options: "a{sv}") -> "ouuu":
+        o = parse_options("Attach", options)
+        caller = CALLER.get() if o.get("bind_to_caller", False) else None
+        result = await self._manager.attach(name, owner, netns=_ns(o), caller=caller)
+        return [interface_path(result.info.name, result.info.netns), result.if_id, result.mark, result.mask]
+
+    @dbus_method()
+    async def Detach(self, name: "s", owner: "s", options: "a{sv}") -> "b":
+        o = parse_options("Detach", options)
+        return bool(await self._manager.detach(name, owner, netns=_ns(o)))
+
+    @dbus_method()
+    async def AddAddress(self, name: "s", owner: "s", cidr: "s", options: "a{sv}"):
+        o = parse_options("AddAddress", options)
+        await self._manager.add_address(name, owner, cidr, netns=_ns(o))
+
+    @dbus_method()
+    async def RemoveAddress(self, name: "s", owner: "s", cidr: "s", options: "a{sv}"):
+        o = parse_options("RemoveAddress", options)
+        await self._manager.remove_address(name, owner, cidr, netns=_ns(o))
+
+    @dbus_method()
+    async def AddRoute(self, name: "s", owner: "s", destination: "s", options: "a{sv}"):
+        o = parse_options("AddRoute", options)
+        await self._manager.add_route(name, owner, destination, netns=_ns(o), **_route_options(o))
+
+    @dbus_method()
+    async def RemoveRoute(self, name: "s", owner: "s", destination: "s", options: "a{sv}"):
+        o = parse_options("RemoveRoute", options)
+        await self._manager.remove_route(name, owner, destination, netns=_ns(o), **_route_options(o))
+
+    @dbus_method()
+    async def ListInterfaces(self) -> "a(suso)":
+        return [
+            [i.name, i.if_id, i.netns, interface_path(i.name, i.netns)]
+            for i in sorted(self._manager.interfaces(), key=lambda i: (i.netns, i.name))
+        ]
+
+    @dbus_method()
+    async def Reconcile(self) -> "a{sv}":
+        counts = await self._manager.reconcile()
+        return {key: Variant("u", int(value)) for key, value in counts.items()}
+
+    @dbus_method()
+    async def Reload(self):
+        await self._reload()
+
+    # ---- properties ----------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return __version__
+
+    @dbus_property(access=PropertyAccess.READ)
+    def KernelFeatures(self) -> "a{sb}":
+        return kernel_features(self._manager)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def InterfaceCount(self) -> "u":
+        return len(self._manager.interfaces())
+
+
+def _route_options(o: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "table": o.get("table"),
+        "src": o.get("src") or None,
+        "metric": o.get("metric"),
+        "peer": o.get("peer") or None,
+    }
+
+
+def kernel_features(manager: "Manager") -> dict[str, bool]:
+    features = manager.features
+    if features is None:
+        return {key: False for key in _FEATURE_KEYS}
+    result = {key: bool(getattr(features, key, False)) for key in _FEATURE_KEYS}
+    # any further boolean feature the kernel layer learns about is shown too
+    for key, value in vars(features).items() if hasattr(features, "__dict__") else ():
+        if isinstance(value, bool):
+            result.setdefault(key, value)
+    return result
+
+
+# InterfaceInfo field -> (D-Bus property, value for the bus)
+PROPERTY_OF: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "name": ("Name", str),
+    "if_id": ("IfId", int),
+    "netns": ("Netns", str),
+    "ifindex": ("Ifindex", int),
+    "link": ("Link", str),
+    "mtu": ("Mtu", int),
+    "external": ("External", bool),
+    "operstate": ("OperState", str),
+    "owned": ("Owned", bool),
+    "owners": ("Owners", list),
+    "addresses": ("Addresses", list),
+    "routes": ("Routes", lambda routes: [[d, int(t), s] for d, t, s in routes]),
+    "mark": ("Mark", int),
+    "mask": ("MarkMask", int),
+}
+
+
+def bus_properties(info: InterfaceInfo) -> dict[str, Any]:
+    return {prop: convert(getattr(info, field)) for field, (prop, convert) in PROPERTY_OF.items()}
+
+
+class InterfaceObject(ServiceInterface):
+    """org.xfrmid1.Interface for one managed or adopted interface."""
+
+    def __init__(self, info: InterfaceInfo) -> None:
+        super().__init__(INTERFACE_IFACE)
+        self.info = info
+        self._values = bus_properties(info)
+
+    @property
+    def path(self) -> str:
+        return interface_path(self.info.name, self.info.netns)
+
+    def update(self, info: InterfaceInfo) -> dict[str, Any]:
+        """Take a new view; emit PropertiesChanged with what differs and return it."""
+        values = bus_properties(info)
+        changed = {k: v for k, v in values.items() if self._values.get(k) != v}
+        self.info = info
+        self._values = values
+        if changed:
+            self.emit_properties_changed(changed)
+        return changed
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":
+        return self._values["Name"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def IfId(self) -> "u":
+        return self._values["IfId"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Netns(self) -> "s":
+        return self._values["Netns"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Ifindex(self) -> "i":
+        return self._values["Ifindex"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Link(self) -> "s":
+        return self._values["Link"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Mtu(self) -> "u":
+        return self._values["Mtu"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def External(self) -> "b":
+        return self._values["External"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def OperState(self) -> "s":
+        return self._values["OperState"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Owned(self) -> "b":
+        return self._values["Owned"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Owners(self) -> "as":
+        return self._values["Owners"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Addresses(self) -> "as":
+        return self._values["Addresses"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Routes(self) -> "a(sus)":
+        return self._values["Routes"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Mark(self) -> "u":
+        return self._values["Mark"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MarkMask(self) -> "u":
+        return self._values["MarkMask"]

@@ -1,0 +1,1 @@
+"""xfrmctl, the administrator's client of xfrmid over D-Bus."""

@@ -1,0 +1,89 @@
+"""Text output of xfrmctl, in the style of networkctl: aligned, no decoration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbus_fast import Message
+
+from ..bus.names import INTERFACE_IFACE, MANAGER_IFACE
+from ..client import unwrap
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def interface_list(objects: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            o["Name"], str(o["IfId"]), o["Netns"] or "-", o["OperState"],
+            "yes" if o["Owned"] else "adopted", ",".join(o["Owners"]) or "-",
+        ]
+        for o in objects
+    ]
+    text = table(rows, ["NAME", "IF_ID", "NETNS", "STATE", "OWNED", "OWNERS"])
+    return f"{text}\n\n{len(rows)} interface{'s' if len(rows) != 1 else ''} listed."
+
+
+def interface_status(p: dict[str, Any]) -> str:
+    routes = [
+        f"{dst}" + (f" table {table_id}" if table_id not in (0, 254) else "") + (f" src {src}" if src else "")
+        for dst, table_id, src in p["Routes"]
+    ]
+    pairs = [
+        ("Name", p["Name"]),
+        ("Network namespace", p["Netns"] or "(daemon's own)"),
+        ("Interface index", p["Ifindex"]),
+        ("If id", f"{p['IfId']} (0x{p['IfId']:x})"),
+        ("Output mark", f"0x{p['Mark']:x}/0x{p['MarkMask']:x}"),
+        ("Underlying link", p["Link"] or "-"),
+        ("MTU", p["Mtu"]),
+        ("External", "yes" if p["External"] else "no"),
+        ("State", p["OperState"]),
+        ("Created by xfrmid", "yes" if p["Owned"] else "no (adopted; never deleted by xfrmid)"),
+        ("Owners", p["Owners"]),
+        ("Addresses", p["Addresses"]),
+        ("Routes", routes),
+    ]
+    width = max(len(k) for k, _ in pairs)
+    lines = []
+    for key, value in pairs:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            values = ["-"]
+        for i, v in enumerate(values):
+            lines.append(f"{(key + ':') if i == 0 else '':>{width + 1}} {v}")
+    return "\n".join(lines)
+
+
+def signal_event(msg: Message) -> dict[str, Any] | None:
+    """One monitor event for a signal, or None for signals the monitor does not show."""
+    body = [unwrap(b) for b in msg.body]
+    if msg.member == "InterfacesAdded" and INTERFACE_IFACE in body[1]:
+        props = body[1][INTERFACE_IFACE]
+        return {"event": "added", "path": body[0], "properties": props}
+    if msg.member == "InterfacesRemoved":
+        return {"event": "removed", "path": body[0]}
+    if msg.member == "PropertiesChanged" and body[0] in (INTERFACE_IFACE, MANAGER_IFACE):
+        kind = "changed" if body[0] == INTERFACE_IFACE else "manager-changed"
+        return {"event": kind, "path": msg.path, "properties": body[1]}
+    return None
+
+
+def event_line(event: dict[str, Any]) -> str:
+    props = event.get("properties", {})
+    if event["event"] == "added":
+        return f"added    {event['path']} name={props.get('Name')} if_id={props.get('IfId')} owners={','.join(props.get('Owners', []))}"
+    if event["event"] == "removed":
+        return f"removed  {event['path']}"
+    changes = " ".join(f"{k}={_short(v)}" for k, v in props.items())
+    return f"{'changed ' if event['event'] == 'changed' else 'manager '} {event['path']} {changes}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_short(v) for v in value) or "-"
+    return str(value)

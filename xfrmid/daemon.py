@@ -1,0 +1,259 @@
+"""xfrmid, the daemon: probe the kernel, reconcile, then serve org.xfrmid1.
+
+Order matters: the start-up reconcile runs before the bus name is requested,
+so a client that sees the name can rely on the kernel matching the desired
+state. SIGTERM/SIGINT stop cleanly (interfaces stay: they belong to the
+connections using them, not to the process); SIGHUP re-reads the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from . import __version__
+from .errors import XfrmidError
+from .settings import DEFAULT_CONFIG_PATH, Settings
+
+log = logging.getLogger("xfrmid.daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xfrmid",
+        description="Own Linux XFRM (IPsec) interfaces and their addresses, routes and rules, "
+        "and offer them over D-Bus as org.xfrmid1.",
+        epilog="Exit status: 0 after a clean stop (or when --check-kernel finds XFRM interfaces), "
+        "1 when the kernel lacks XFRM interfaces or the daemon cannot start, 2 for bad arguments "
+        "or a bad configuration file.",
+    )
+    parser.add_argument(
+        "--bus",
+        default="system",
+        metavar="system|session|ADDRESS",
+        help="message bus to serve on: 'system' (default), 'session', or a D-Bus address "
+        "such as unix:path=/tmp/bus (tests and demos use a private dbus-daemon).",
+    )
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"configuration file (default {DEFAULT_CONFIG_PATH}; built-in defaults when it does not exist).",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="debug, info, notice, warning or error (overrides log_level in the configuration file).",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="directory of the persistent desired state (overrides state_dir; default /run/xfrmid).",
+    )
+    parser.add_argument(
+        "--check-kernel",
+        action="store_true",
+        help="report whether the running kernel supports XFRM interfaces and exit (0: yes, 1: no).",
+    )
+    parser.add_argument("--version", action="version", version=f"xfrmid {__version__}")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the configuration file (defaults when it is absent), with overrides."""
+    settings = Settings()
+    if os.path.exists(args.config):
+        from . import config  # written by the packaging engineer; absent file: defaults
+
+        settings = config.load(args.config)
+    overrides: dict[str, Any] = {}
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    if args.state_dir:
+        overrides["state_dir"] = args.state_dir
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def describe_features(features: Any) -> str:
+    """One sentence about what the kernel offers."""
+    release = getattr(features, "kernel", "") or os.uname().release
+    if not getattr(features, "xfrm_interface", False):
+        return (
+            f"Kernel {release} has no XFRM interfaces (link kind xfrm, module xfrm_interface); "
+            "xfrmid cannot work on it."
+        )
+    extras = [
+        name
+        for name, flag in (
+            ("external (collect_md) mode", getattr(features, "collect_md", False)),
+            ("output mark masks", getattr(features, "set_mark_mask", False)),
+        )
+        if flag
+    ]
+    tail = f" with {' and '.join(extras)}" if extras else ""
+    return f"Kernel {release} supports XFRM interfaces{tail}."
+
+
+def _setup_logging(level: str) -> None:
+    try:
+        from . import journal
+    except ImportError:  # pragma: no cover - journal.py ships with xfrmid
+        logging.basicConfig(level=level.upper(), format="%(levelname)s %(message)s")
+        return
+    journal.setup(level)
+
+
+def _notify(*states: str) -> None:
+    """sd_notify when xfrmid.notify is available (under systemd); silent otherwise."""
+    try:
+        from . import notify
+    except ImportError:
+        return
+    send = getattr(notify, "notify", None)
+    if send is not None:
+        try:
+            send(*states)
+        except Exception:  # notification is best effort
+            log.debug("sd_notify failed", exc_info=True)
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        self.args = args
+        self.settings = settings
+        self.manager: Any = None
+        self.service: Any = None
+        self.kernel: Any = None
+        self._stop = asyncio.Event()
+
+    async def reload(self) -> None:
+        """Re-read the configuration file (SIGHUP and the D-Bus Reload method)."""
+        settings = load_settings(self.args)
+        _setup_logging(settings.log_level)
+        await self.manager.reload(settings)
+        self.settings = settings
+        log.info("configuration reloaded from %s", self.args.config)
+
+    async def _reload_on_signal(self) -> None:
+        _notify("RELOADING=1")
+        try:
+            await self.reload()
+        except XfrmidError as exc:
+            log.error("reload failed, keeping the previous configuration: %s", exc)
+        except Exception:
+            log.exception("reload failed, keeping the previous configuration")
+        _notify("READY=1")
+
+    async def _watchdog(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            _notify("WATCHDOG=1")
+            await asyncio.sleep(usec / 2e6)
+
+    async def run(self) -> int:
+        from .bus.service import BusService, connect_bus
+        from .core.manager import Manager
+        from .kernel import Kernel, probe_features
+
+        features = await probe_features()
+        if not getattr(features, "xfrm_interface", False):
+            print(describe_features(features), file=sys.stderr)
+            return EXIT_FAILURE
+        log.info("%s", describe_features(features))
+        self.kernel = Kernel()
+        self.manager = Manager(self.kernel, self.settings, _state_store(self.settings))
+        counts = await self.manager.start()
+        log.info(
+            "start-up reconcile: %s",
+            ", ".join(f"{key} {value}" for key, value in counts.items()) or "nothing to do",
+        )
+        try:
+            bus = await connect_bus(self.args.bus).connect()
+        except Exception as exc:
+            print(f"xfrmid: cannot connect to the {self.args.bus} bus: {exc}", file=sys.stderr)
+            await self.manager.stop()
+            return EXIT_FAILURE
+        self.service = BusService(self.manager, bus, self.reload)
+        try:
+            await self.service.start()
+        except XfrmidError as exc:
+            print(f"xfrmid: {exc}", file=sys.stderr)
+            await self.manager.stop()
+            return EXIT_FAILURE
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_on_signal()))
+        _notify("READY=1", f"STATUS=Serving {len(self.manager.interfaces())} interfaces")
+        watchdog = loop.create_task(self._watchdog())
+        lost = loop.create_task(bus.wait_for_disconnect())
+        stop = loop.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+        rc = EXIT_OK
+        if lost in done:
+            log.error("lost the connection to the message bus; stopping")
+            rc = EXIT_FAILURE
+        _notify("STOPPING=1")
+        for task in (watchdog, lost, stop):
+            task.cancel()
+        await self.service.stop()
+        await self.manager.stop()
+        log.info("stopped")
+        return rc
+
+
+def _state_store(settings: Settings) -> Any:
+    """The persistent desired state (issue 4), when the core provides one."""
+    try:
+        from .core.store import StateStore
+    except ImportError:
+        return None
+    return StateStore(settings.state_dir)
+
+
+async def _check_kernel() -> int:
+    from .kernel import probe_features
+
+    features = await probe_features()
+    print(describe_features(features))
+    return EXIT_OK if getattr(features, "xfrm_interface", False) else EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.check_kernel:
+            return asyncio.run(_check_kernel())
+        try:
+            settings = load_settings(args)
+            _setup_logging(settings.log_level)
+        except XfrmidError as exc:
+            print(f"xfrmid: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        log.info("xfrmid %s starting (config %s, bus %s)", __version__, args.config, args.bus)
+        return asyncio.run(Daemon(args, settings).run())
+    except XfrmidError as exc:
+        print(f"xfrmid: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # never a traceback on the terminal: the log has it
+        log.exception("xfrmid failed")
+        print(f"xfrmid: failed unexpectedly ({type(exc).__name__}: {exc}).", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
