@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .errors import XfrmidError
+from .notify import Notifier
 from .settings import DEFAULT_CONFIG_PATH, Settings
 
 log = logging.getLogger("xfrmid.daemon")
@@ -71,11 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_settings(args: argparse.Namespace) -> Settings:
     """Settings from the configuration file (defaults when it is absent), with overrides."""
-    settings = Settings()
-    if os.path.exists(args.config):
-        from . import config  # written by the packaging engineer; absent file: defaults
+    from . import config
 
-        settings = config.load(args.config)
+    settings = config.load_or_default(args.config)
     overrides: dict[str, Any] = {}
     if args.log_level:
         overrides["log_level"] = args.log_level
@@ -88,10 +87,7 @@ def describe_features(features: Any) -> str:
     """One sentence about what the kernel offers."""
     release = getattr(features, "kernel", "") or os.uname().release
     if not getattr(features, "xfrm_interface", False):
-        return (
-            f"Kernel {release} has no XFRM interfaces (link kind xfrm, module xfrm_interface); "
-            "xfrmid cannot work on it."
-        )
+        return features.explanation() or f"Kernel {release} has no XFRM interfaces."
     extras = [
         name
         for name, flag in (
@@ -113,18 +109,6 @@ def _setup_logging(level: str) -> None:
     journal.setup(level)
 
 
-def _notify(*states: str) -> None:
-    """sd_notify when xfrmid.notify is available (under systemd); silent otherwise."""
-    try:
-        from . import notify
-    except ImportError:
-        return
-    send = getattr(notify, "notify", None)
-    if send is not None:
-        try:
-            send(*states)
-        except Exception:  # notification is best effort
-            log.debug("sd_notify failed", exc_info=True)
 
 
 class Daemon:
@@ -135,6 +119,7 @@ class Daemon:
         self.service: Any = None
         self.kernel: Any = None
         self._stop = asyncio.Event()
+        self.notifier = Notifier()
 
     async def reload(self) -> None:
         """Re-read the configuration file (SIGHUP and the D-Bus Reload method)."""
@@ -145,22 +130,18 @@ class Daemon:
         log.info("configuration reloaded from %s", self.args.config)
 
     async def _reload_on_signal(self) -> None:
-        _notify("RELOADING=1")
+        self.notifier.reloading()
         try:
             await self.reload()
         except XfrmidError as exc:
             log.error("reload failed, keeping the previous configuration: %s", exc)
         except Exception:
             log.exception("reload failed, keeping the previous configuration")
-        _notify("READY=1")
+        self.notifier.ready(self._status())
 
-    async def _watchdog(self) -> None:
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
-            return
-        while True:
-            _notify("WATCHDOG=1")
-            await asyncio.sleep(usec / 2e6)
+    def _status(self) -> str:
+        count = len(self.manager.interfaces())
+        return f"Serving {count} interface{'s' if count != 1 else ''}"
 
     async def run(self) -> int:
         from .bus.service import BusService, connect_bus
@@ -196,8 +177,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_on_signal()))
-        _notify("READY=1", f"STATUS=Serving {len(self.manager.interfaces())} interfaces")
-        watchdog = loop.create_task(self._watchdog())
+        self.notifier.ready(self._status())
+        self.notifier.start_watchdog()
         lost = loop.create_task(bus.wait_for_disconnect())
         stop = loop.create_task(self._stop.wait())
         done, _ = await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -205,9 +186,10 @@ class Daemon:
         if lost in done:
             log.error("lost the connection to the message bus; stopping")
             rc = EXIT_FAILURE
-        _notify("STOPPING=1")
-        for task in (watchdog, lost, stop):
+        self.notifier.stopping()
+        for task in (lost, stop):
             task.cancel()
+        await self.notifier.stop_watchdog()
         await self.service.stop()
         await self.manager.stop()
         log.info("stopped")
@@ -216,11 +198,9 @@ class Daemon:
 
 def _state_store(settings: Settings) -> Any:
     """The persistent desired state (issue 4), when the core provides one."""
-    try:
-        from .core.store import StateStore
-    except ImportError:
-        return None
-    return StateStore(settings.state_dir)
+    from .core.store import StateStore
+
+    return StateStore.in_dir(settings.state_dir)
 
 
 async def _check_kernel() -> int:

@@ -148,12 +148,7 @@ def kernel_features(manager: "Manager") -> dict[str, bool]:
     features = manager.features
     if features is None:
         return {key: False for key in _FEATURE_KEYS}
-    result = {key: bool(getattr(features, key, False)) for key in _FEATURE_KEYS}
-    # any further boolean feature the kernel layer learns about is shown too
-    for key, value in vars(features).items() if hasattr(features, "__dict__") else ():
-        if isinstance(value, bool):
-            result.setdefault(key, value)
-    return result
+    return {key: bool(value) for key, value in features.as_dict().items()}
 
 
 # InterfaceInfo field -> (D-Bus property, value for the bus)
