@@ -1,0 +1,210 @@
+"""An in-memory KernelBackend for unit tests of the core's pure logic.
+
+It mimics the kernel behaviours the core depends on (checked against the real
+kernel in tests/kernel/): idempotent create of an identical link, Conflict on
+name/if_id clashes, routes and addresses vanishing with their link, routes
+dropped when their source address goes and all IPv4 routes through a device
+dropped when its last IPv4 address goes, ENETDOWN for routes through a down
+link, EEXIST for a second route in the same (table, prefix, metric) slot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from dataclasses import dataclass, field, replace
+
+from xfrmid.errors import Conflict, InvalidArgument, NotFound, XfrmidError
+from xfrmid.kernel.features import Features
+from xfrmid.kernel.objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
+
+FEATURES = Features(xfrm_interface=True, collect_md=True, set_mark_mask=True, kernel="fake")
+
+
+def norm_route(spec: RouteSpec) -> RouteSpec:
+    default = 1024 if ":" in spec.dst else 0
+    return replace(spec, metric=None if spec.metric in (None, default) else spec.metric)
+
+
+def norm_rule(spec: RuleSpec) -> RuleSpec:
+    dst = None if spec.dst in ("0.0.0.0/0", "::/0") else spec.dst
+    mask = spec.fwmask if spec.fwmark is None or spec.fwmask is not None else 0xFFFFFFFF
+    return replace(spec, dst=dst, fwmask=mask if spec.fwmark is not None else None)
+
+
+@dataclass
+class Namespace:
+    links: dict[str, LinkState] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=lambda: {"lo", "eth0"})  # non-xfrm devices
+    addresses: dict[str, set[str]] = field(default_factory=dict)
+    routes: set[RouteSpec] = field(default_factory=set)  # proto 120 only
+    foreign_routes: set[RouteSpec] = field(default_factory=set)
+    rules: set[RuleSpec] = field(default_factory=set)  # proto 120 only
+    foreign_rules: set[RuleSpec] = field(default_factory=set)
+
+
+class FakeKernel:
+    def __init__(self, features: Features = FEATURES) -> None:
+        self._features = features
+        self.ns: dict[str | None, Namespace] = {None: Namespace()}
+        self._ifindex = itertools.count(10)
+        self.calls: list[tuple[str, object]] = []
+        self.fail: dict[str, XfrmidError] = {}  # op name -> error raised once
+
+    # --- test helpers -------------------------------------------------------
+
+    def add_netns(self, name: str) -> Namespace:
+        return self.ns.setdefault(name, Namespace())
+
+    def foreign_link(self, name: str, if_id: int, netns: str | None = None, **kw) -> LinkState:
+        state = LinkState(name=name, if_id=if_id, ifindex=next(self._ifindex), link=kw.get("link"),
+                          mtu=kw.get("mtu", 1500), up=kw.get("up", True), operstate="UNKNOWN",
+                          external=kw.get("external", False), owned=kw.get("owned", False))
+        self._ns(netns).links[name] = state
+        self._ns(netns).addresses.setdefault(name, set())
+        return state
+
+    def mutations(self) -> list[tuple[str, object]]:
+        return [c for c in self.calls if c[0] not in ("xfrm_links", "addresses", "own_routes", "own_rules")]
+
+    def _ns(self, netns: str | None) -> Namespace:
+        try:
+            return self.ns[netns]
+        except KeyError:
+            raise NotFound(f"Network namespace {netns!r} does not exist.") from None
+
+    def _op(self, name: str, arg: object = None) -> None:
+        self.calls.append((name, arg))
+        err = self.fail.pop(name, None)
+        if err is not None:
+            raise err
+
+    def _dev(self, ns: Namespace, name: str) -> None:
+        if name not in ns.links and name not in ns.devices:
+            raise NotFound(f"Interface {name!r} does not exist.")
+
+    # --- KernelBackend ---------------------------------------------------------
+
+    async def features(self) -> Features:
+        return self._features
+
+    async def xfrm_links(self, netns):
+        self._op("xfrm_links", netns)
+        return list(self._ns(netns).links.values())
+
+    async def create_link(self, netns, spec: LinkSpec) -> LinkState:
+        self._op("create_link", spec)
+        ns = self._ns(netns)
+        have = ns.links.get(spec.name)
+        if have is not None:
+            if have.if_id != (0 if spec.external else spec.if_id) or have.external != spec.external:
+                raise Conflict(f"Interface {spec.name!r} already exists with if_id {have.if_id}.")
+            return have
+        if spec.name in ns.devices:
+            raise Conflict(f"Interface name {spec.name!r} is already used by another device.")
+        for other in ns.links.values():
+            if not spec.external and not other.external and other.if_id == spec.if_id:
+                raise Conflict(f"if_id {spec.if_id} is already used by interface {other.name!r}.")
+        if spec.link is not None:
+            self._dev(ns, spec.link)
+        state = LinkState(name=spec.name, if_id=0 if spec.external else spec.if_id, ifindex=next(self._ifindex),
+                          link=spec.link, mtu=spec.mtu or 1500, up=spec.up, operstate="UNKNOWN",
+                          external=spec.external, owned=True)
+        ns.links[spec.name] = state
+        ns.addresses[spec.name] = set()
+        return state
+
+    async def change_link(self, netns, name, *, mtu=None, up=None) -> LinkState:
+        self._op("change_link", (name, mtu, up))
+        ns = self._ns(netns)
+        if name not in ns.links:
+            raise NotFound(f"Interface {name!r} does not exist.")
+        state = ns.links[name]
+        state = replace(state, mtu=mtu if mtu is not None else state.mtu, up=up if up is not None else state.up)
+        ns.links[name] = state
+        return state
+
+    async def delete_link(self, netns, name) -> None:
+        self._op("delete_link", name)
+        ns = self._ns(netns)
+        if name not in ns.links:
+            raise NotFound(f"Interface {name!r} does not exist.")
+        del ns.links[name]
+        ns.addresses.pop(name, None)
+        ns.routes = {r for r in ns.routes if r.dev != name}
+        ns.foreign_routes = {r for r in ns.foreign_routes if r.dev != name}
+
+    async def addresses(self, netns, ifname) -> set[str]:
+        self._op("addresses", ifname)
+        ns = self._ns(netns)
+        self._dev(ns, ifname)
+        return set(ns.addresses.get(ifname, set()))
+
+    async def add_address(self, netns, spec: AddressSpec) -> None:
+        self._op("add_address", spec)
+        ns = self._ns(netns)
+        self._dev(ns, spec.ifname)
+        ns.addresses.setdefault(spec.ifname, set()).add(spec.cidr)
+
+    async def remove_address(self, netns, spec: AddressSpec) -> None:
+        self._op("remove_address", spec)
+        ns = self._ns(netns)
+        self._dev(ns, spec.ifname)
+        held = ns.addresses.setdefault(spec.ifname, set())
+        if spec.cidr not in held:
+            return
+        held.discard(spec.cidr)
+        ip = str(ipaddress.ip_interface(spec.cidr).ip)
+        v4 = ":" not in ip
+        last_v4 = v4 and not any(":" not in a for a in held)
+
+        def survives(r: RouteSpec) -> bool:
+            if r.src == ip:
+                return False
+            return not (last_v4 and r.dev == spec.ifname and ":" not in r.dst)
+
+        ns.routes = {r for r in ns.routes if survives(r)}
+        ns.foreign_routes = {r for r in ns.foreign_routes if survives(r)}
+
+    async def own_routes(self, netns) -> set[RouteSpec]:
+        self._op("own_routes", netns)
+        return set(self._ns(netns).routes)
+
+    async def add_route(self, netns, spec: RouteSpec) -> None:
+        self._op("add_route", spec)
+        ns = self._ns(netns)
+        spec = norm_route(spec)
+        self._dev(ns, spec.dev)
+        link = ns.links.get(spec.dev)
+        if link is not None and not link.up:
+            raise XfrmidError(f"Adding route to {spec.dst} failed: interface {spec.dev!r} is down.")
+        if spec.src is not None and not any(
+            str(ipaddress.ip_interface(a).ip) == spec.src for held in ns.addresses.values() for a in held
+        ):
+            raise InvalidArgument(f"Source address {spec.src} is not assigned to an interface.")
+        if spec in ns.routes:
+            return
+        slot = (spec.table, spec.dst, spec.metric)
+        for other in ns.routes | ns.foreign_routes:
+            if (other.table, other.dst, other.metric) == slot:
+                raise Conflict(f"Another route to {spec.dst} with the same metric is in table {spec.table}.")
+        ns.routes.add(spec)
+
+    async def remove_route(self, netns, spec: RouteSpec) -> None:
+        self._op("remove_route", spec)
+        self._ns(netns).routes.discard(norm_route(spec))
+
+    async def own_rules(self, netns) -> set[RuleSpec]:
+        self._op("own_rules", netns)
+        return set(self._ns(netns).rules)
+
+    async def add_rule(self, netns, spec: RuleSpec) -> None:
+        self._op("add_rule", spec)
+        self._ns(netns).rules.add(norm_rule(spec))
+
+    async def remove_rule(self, netns, spec: RuleSpec) -> None:
+        self._op("remove_rule", spec)
+        self._ns(netns).rules.discard(norm_rule(spec))
+
+    async def close(self) -> None:
+        pass

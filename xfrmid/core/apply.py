@@ -1,0 +1,104 @@
+"""Side effects of a plan: run its actions through the KernelBackend, and take kernel snapshots.
+
+``adopt`` and ``conflict`` actions are decisions for the manager, not kernel
+operations, so they are skipped here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..errors import NotFound, XfrmidError
+from ..kernel.backend import KernelBackend
+from ..kernel.objects import LinkState
+from .plan import Action, KernelView
+
+log = logging.getLogger("xfrmid.core")
+
+
+@dataclass
+class ApplyResult:
+    done: list[Action] = field(default_factory=list)
+    failed: list[tuple[Action, XfrmidError]] = field(default_factory=list)
+    links: dict[str, LinkState] = field(default_factory=dict)  # states returned by create/change
+
+    @property
+    def removed_addresses(self) -> bool:
+        return any(a.op == "remove_address" for a in self.done)
+
+
+async def snapshot(
+    kernel: KernelBackend, netns: str | None, names: set[str] | None = None
+) -> KernelView:
+    """Dump one namespace: xfrm links, addresses of ``names`` (all links if None), own routes and rules."""
+    links = {state.name: state for state in await kernel.xfrm_links(netns)}
+    wanted = set(links) if names is None else names & set(links)
+    addresses: dict[str, frozenset[str]] = {}
+    for name in sorted(wanted):
+        try:
+            addresses[name] = frozenset(await kernel.addresses(netns, name))
+        except NotFound:
+            pass  # deleted between the two dumps: the plan treats it as absent
+    return KernelView(
+        links=links,
+        addresses=addresses,
+        routes=frozenset(await kernel.own_routes(netns)),
+        rules=frozenset(await kernel.own_rules(netns)),
+    )
+
+
+# Actions that hand one spec (the Action field after the verb) to the backend method of the same name.
+_OBJECT_OPS = {
+    op: op.split("_", 1)[1]
+    for op in ("add_address", "remove_address", "add_route", "remove_route", "add_rule", "remove_rule")
+}
+
+
+async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
+    netns = action.netns
+    op = action.op
+    if op == "create_link":
+        return await kernel.create_link(netns, action.link)
+    if op == "recreate_link":
+        try:
+            await kernel.delete_link(netns, action.link.name)
+        except NotFound:
+            pass
+        return await kernel.create_link(netns, action.link)
+    if op == "change_link":
+        return await kernel.change_link(netns, action.ifname, mtu=action.mtu, up=action.up)
+    if op == "delete_link":
+        try:
+            await kernel.delete_link(netns, action.ifname)
+        except NotFound:
+            pass  # already gone: that is what we wanted
+        return None
+    await getattr(kernel, op)(netns, getattr(action, _OBJECT_OPS[op]))
+    return None
+
+
+async def apply(kernel: KernelBackend, actions: list[Action], *, strict: bool) -> ApplyResult:
+    """Run the kernel actions in order.
+
+    ``strict``: stop at the first failure and raise it (a caller's request);
+    otherwise log it and go on (a reconcile repairs what it can).
+    """
+    result = ApplyResult()
+    for action in actions:
+        if action.op in ("adopt", "conflict"):
+            continue
+        try:
+            state = await run_action(kernel, action)
+        except XfrmidError as exc:
+            if strict:
+                raise
+            log.warning("failed (%s): %s", action.detail, exc)
+            result.failed.append((action, exc))
+            continue
+        result.done.append(action)
+        if state is not None:
+            result.links[state.name] = state
+        if action.category is not None:
+            log.info("%s%s", action.detail, f" in netns {action.netns}" if action.netns else "")
+    return result

@@ -1,0 +1,336 @@
+"""The desired state: which interfaces should exist, who holds them, and what each holder added.
+
+Pure data and pure operations, no kernel access. Reference counting is by set
+union: an address, route or rule is wanted while at least one holder's
+requests produce it, so the same request twice from one owner counts once and
+a kernel object disappears only when its last holder lets go.
+
+Holders of an interface:
+- ``explicit``: CreateInterface pinned it (stays until DeleteInterface);
+- ``static``: the configuration file declares it (stays while declared);
+- ``owners``: Attach references; an on-demand interface (not pinned) is
+  wanted while it has owners, or while it lingers after the last Detach.
+``owned`` says whether xfrmid created the kernel link (and so may delete it);
+an adopted interface (owned=False) is never deleted by xfrmid.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from ..errors import Conflict, InvalidArgument
+from ..kernel.objects import LinkSpec, RouteSpec, RuleSpec
+from ..naming import output_mark
+from .routes_policy import PeerPolicy, RouteRequest, effective_metric, expand
+
+Key = tuple[str | None, str]  # (netns or None for the daemon's own, interface name)
+
+OWNER_MAX = 255
+
+
+def check_owner(owner: object) -> str:
+    """An owner label (pluto connection name, NM UUID...): 1..255 printable characters."""
+    if not isinstance(owner, str) or not owner.strip():
+        raise InvalidArgument(f"Owner {owner!r} is empty or not a string.")
+    if len(owner.encode()) > OWNER_MAX or not owner.isprintable():
+        raise InvalidArgument(f"Owner {owner!r} is longer than {OWNER_MAX} bytes or has control characters.")
+    return owner
+
+
+@dataclass
+class Owner:
+    """One Attach reference and what that owner added since."""
+
+    name: str
+    caller: str | None = None  # D-Bus unique name when bound to the caller's connection
+    addresses: set[str] = field(default_factory=set)
+    routes: set[RouteRequest] = field(default_factory=set)
+
+    def to_json(self) -> dict:
+        data: dict = {
+            "addresses": sorted(self.addresses),
+            "routes": [r.to_json() for r in sorted(self.routes)],
+        }
+        if self.caller is not None:
+            data["caller"] = self.caller
+        return data
+
+    @classmethod
+    def from_json(cls, name: str, data: dict) -> "Owner":
+        return cls(
+            name=name,
+            caller=data.get("caller"),
+            addresses=set(data.get("addresses", ())),
+            routes={RouteRequest.from_json(r) for r in data.get("routes", ())},
+        )
+
+
+@dataclass
+class DesiredInterface:
+    netns: str | None
+    name: str
+    if_id: int
+    link: str | None = None
+    mtu: int | None = None
+    external: bool = False
+    owned: bool = True
+    explicit: bool = False
+    static: bool = False
+    owners: dict[str, Owner] = field(default_factory=dict)
+    created_addresses: set[str] = field(default_factory=set)  # CreateInterface's `addresses`
+    static_addresses: set[str] = field(default_factory=set)  # the configuration's addresses
+    preexisting: set[str] = field(default_factory=set)  # were on the link before anyone asked: never removed
+    linger_until: float | None = None  # wall-clock deadline of an unused on-demand interface
+
+    @property
+    def key(self) -> Key:
+        return (self.netns, self.name)
+
+    @property
+    def pinned(self) -> bool:
+        return self.explicit or self.static
+
+    @property
+    def wanted(self) -> bool:
+        return self.pinned or bool(self.owners) or self.linger_until is not None
+
+    def mark(self, mask: int) -> tuple[int, int]:
+        return output_mark(self.if_id, mask)
+
+    def addresses(self) -> set[str]:
+        held = set(self.created_addresses) | self.static_addresses
+        for owner in self.owners.values():
+            held |= owner.addresses
+        return held
+
+    def route_requests(self) -> set[RouteRequest]:
+        held: set[RouteRequest] = set()
+        for owner in self.owners.values():
+            held |= owner.routes
+        return held
+
+    def link_spec(self, default_mtu: int | None = None) -> LinkSpec:
+        return LinkSpec(
+            name=self.name,
+            if_id=self.if_id,
+            link=self.link,
+            mtu=self.mtu if self.mtu is not None else default_mtu,
+            up=True,
+            external=self.external,
+        )
+
+    def kernel_routes(self, mask: int, peer: PeerPolicy) -> tuple[set[RouteSpec], set[RuleSpec]]:
+        mark, mask = self.mark(mask)
+        routes: set[RouteSpec] = set()
+        rules: set[RuleSpec] = set()
+        for request in self.route_requests():
+            r, q = expand(request, self.name, mark, mask, peer)
+            routes.update(r)
+            rules.update(q)
+        return routes, rules
+
+    def to_json(self) -> dict:
+        data: dict = {
+            "netns": self.netns,
+            "name": self.name,
+            "if_id": self.if_id,
+            "owned": self.owned,
+            "explicit": self.explicit,
+            "owners": {name: o.to_json() for name, o in sorted(self.owners.items())},
+            "created_addresses": sorted(self.created_addresses),
+            "preexisting": sorted(self.preexisting),
+        }
+        for key in ("link", "mtu", "linger_until"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.external:
+            data["external"] = True
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DesiredInterface":
+        return cls(
+            netns=data.get("netns"),
+            name=data["name"],
+            if_id=int(data["if_id"]),
+            link=data.get("link"),
+            mtu=data.get("mtu"),
+            external=bool(data.get("external", False)),
+            owned=bool(data.get("owned", True)),
+            explicit=bool(data.get("explicit", False)),
+            owners={n: Owner.from_json(n, o) for n, o in data.get("owners", {}).items()},
+            created_addresses=set(data.get("created_addresses", ())),
+            preexisting=set(data.get("preexisting", ())),
+            linger_until=data.get("linger_until"),
+        )
+
+
+@dataclass
+class DesiredState:
+    """Every interface xfrmid keeps, plus the bookkeeping reconcile needs."""
+
+    interfaces: dict[Key, DesiredInterface] = field(default_factory=dict)
+    # Addresses xfrmid released but may not have removed yet (a crash in between):
+    # addresses carry no marker, so this is how reconcile knows they were ours.
+    retired: dict[Key, set[str]] = field(default_factory=dict)
+    # Every namespace xfrmid has put objects in: where reconcile looks for leftovers.
+    namespaces: set[str | None] = field(default_factory=lambda: {None})
+
+    # --- queries -----------------------------------------------------------
+
+    def get(self, key: Key) -> DesiredInterface | None:
+        return self.interfaces.get(key)
+
+    def in_netns(self, netns: str | None) -> list[DesiredInterface]:
+        return [i for i in self.interfaces.values() if i.netns == netns]
+
+    def if_ids(self, netns: str | None) -> dict[str, int]:
+        return {i.name: i.if_id for i in self.in_netns(netns)}
+
+    def snapshot(self) -> "DesiredState":
+        return copy.deepcopy(self)
+
+    # --- mutations (pure; the manager persists and applies) ----------------
+
+    def put(self, iface: DesiredInterface) -> None:
+        self.interfaces[iface.key] = iface
+        self.namespaces.add(iface.netns)
+
+    def drop(self, key: Key) -> DesiredInterface | None:
+        """Forget an interface; its addresses become retired (removed unless the link goes too)."""
+        iface = self.interfaces.pop(key, None)
+        if iface is not None:
+            self._retire(iface, iface.addresses())
+        return iface
+
+    def attach(self, key: Key, owner: str, caller: str | None) -> bool:
+        """Add (or refresh) owner's reference; True when it is new. The latest Attach decides the binding."""
+        iface = self.interfaces[key]
+        iface.linger_until = None
+        existing = iface.owners.get(owner)
+        if existing is not None:
+            existing.caller = caller
+            return False
+        iface.owners[owner] = Owner(name=owner, caller=caller)
+        return True
+
+    def detach(self, key: Key, owner: str) -> Owner | None:
+        """Drop owner's reference and everything it added; None when it was not attached."""
+        iface = self.interfaces[key]
+        gone = iface.owners.pop(owner, None)
+        if gone is not None:
+            self._retire(iface, gone.addresses)
+        return gone
+
+    def add_address(self, key: Key, owner: str, cidr: str, *, on_link: bool) -> bool:
+        """Owner holds ``cidr``; ``on_link``: the kernel already has it. True when new for that owner."""
+        iface = self.interfaces[key]
+        held = iface.addresses()
+        if on_link and cidr not in held and cidr not in self.retired.get(key, ()):
+            iface.preexisting.add(cidr)
+        self.retired.get(key, set()).discard(cidr)
+        holder = iface.owners[owner]
+        if cidr in holder.addresses:
+            return False
+        holder.addresses.add(cidr)
+        return True
+
+    def hold_created(self, key: Key, cidrs: set[str], on_link: set[str]) -> None:
+        """CreateInterface's ``addresses``: held by the interface itself until DeleteInterface."""
+        iface = self.interfaces[key]
+        held = iface.addresses()
+        retired = self.retired.get(key, set())
+        for cidr in cidrs - held:
+            if cidr in on_link and cidr not in retired:
+                iface.preexisting.add(cidr)
+            retired.discard(cidr)
+        iface.created_addresses |= cidrs
+
+    def remove_address(self, key: Key, owner: str, cidr: str) -> bool:
+        iface = self.interfaces[key]
+        holder = iface.owners.get(owner)
+        if holder is None or cidr not in holder.addresses:
+            return False
+        holder.addresses.discard(cidr)
+        self._retire(iface, {cidr})
+        return True
+
+    def add_route(self, key: Key, owner: str, request: RouteRequest) -> bool:
+        holder = self.interfaces[key].owners[owner]
+        if request in holder.routes:
+            return False
+        holder.routes.add(request)
+        return True
+
+    def remove_route(self, key: Key, owner: str, pattern: RouteRequest) -> int:
+        """Drop the owner's requests matching ``pattern`` (None options are wildcards); how many."""
+        holder = self.interfaces[key].owners.get(owner)
+        if holder is None:
+            return 0
+        gone = {r for r in holder.routes if r.matches(pattern)}
+        holder.routes -= gone
+        return len(gone)
+
+    def _retire(self, iface: DesiredInterface, addresses: set[str]) -> None:
+        still = iface.addresses() if iface.key in self.interfaces else set()
+        for cidr in addresses - still:
+            if cidr in iface.preexisting:
+                iface.preexisting.discard(cidr)  # it was not ours: leave it on the link
+            else:
+                self.retired.setdefault(iface.key, set()).add(cidr)
+
+    def forget_retired(self, key: Key) -> None:
+        self.retired.pop(key, None)
+
+    # --- consistency checks --------------------------------------------------
+
+    def check_routes(self, netns: str | None, mask: int, peer: PeerPolicy) -> None:
+        """Raise Conflict when two wanted routes would collide in the kernel (same table, prefix, metric)."""
+        seen: dict[tuple, RouteSpec] = {}
+        for iface in self.in_netns(netns):
+            routes, _ = iface.kernel_routes(mask, peer)
+            for spec in sorted(routes, key=_route_order):
+                slot = (spec.table, spec.dst, effective_metric(spec))
+                other = seen.get(slot)
+                if other is not None and other != spec:
+                    raise Conflict(
+                        f"Route {spec.dst} in table {spec.table} with metric {effective_metric(spec)} "
+                        f"is already held through {other.dev}" + (f" with source {other.src}" if other.src else "") + "."
+                    )
+                seen[slot] = spec
+
+    # --- persistence ---------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """The runtime promises; static interfaces are saved only for what runtime callers added."""
+        interfaces = []
+        for iface in self.interfaces.values():
+            if iface.static and not iface.explicit and not iface.owners and not iface.created_addresses:
+                continue  # the configuration file brings it back
+            interfaces.append(iface.to_json())
+        interfaces.sort(key=lambda d: (d["netns"] or "", d["name"]))
+        return {
+            "version": 1,
+            "interfaces": interfaces,
+            "retired": [
+                {"netns": k[0], "name": k[1], "addresses": sorted(v)}
+                for k, v in sorted(self.retired.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+                if v
+            ],
+            "namespaces": sorted(n for n in self.namespaces if n is not None),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DesiredState":
+        state = cls()
+        for item in data.get("interfaces", ()):
+            state.put(DesiredInterface.from_json(item))
+        for item in data.get("retired", ()):
+            state.retired[(item.get("netns"), item["name"])] = set(item.get("addresses", ()))
+        state.namespaces.update(data.get("namespaces", ()))
+        return state
+
+
+def _route_order(spec: RouteSpec) -> tuple:
+    return (spec.dst, spec.table, spec.src or "", spec.metric or 0)

@@ -1,0 +1,108 @@
+"""Deciding what a new desired interface is: create it (owned) or adopt the foreign one that exists."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import Conflict, InvalidArgument, KernelUnsupported
+from ..naming import check_ifname, check_unique, derived_if_id, resolve
+from ..settings import Settings, StaticInterface
+from ..validate import check_netns, parse_interface_cidr
+from .desired import DesiredInterface
+from .info import where
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+MTU_MIN = 68  # the xfrm device's min_mtu (ETH_MIN_MTU)
+MTU_MAX = 65535  # its max_mtu (IP_MAX_MTU)
+
+
+def check_mtu(mtu: object, name: str) -> int | None:
+    if mtu is None:
+        return None
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
+        raise InvalidArgument(f"MTU {mtu!r} of interface {name!r} is outside {MTU_MIN}..{MTU_MAX}.")
+    return mtu
+
+
+def check_static(static: StaticInterface, settings: Settings) -> DesiredInterface:
+    """A configured interface as desired state; InvalidArgument names the bad entry."""
+    netns = check_netns(static.netns)
+    ident = resolve(static.name, static.if_id, settings.name_policy)
+    link = None if not static.link else check_ifname(static.link)
+    return DesiredInterface(
+        netns=netns,
+        name=ident.name,
+        if_id=ident.if_id,
+        link=link,
+        mtu=check_mtu(static.mtu, ident.name),
+        external=bool(static.external),
+        static=True,
+        static_addresses={parse_interface_cidr(a) for a in static.addresses},
+    )
+
+
+def same_link(iface: DesiredInterface, if_id: int, link: str | None, external: bool, settings: Settings) -> None:
+    """CreateInterface of a kept interface must describe it as it is (Conflict otherwise)."""
+    name, at = iface.name, where(iface.netns)
+    if if_id and if_id != iface.if_id:
+        raise Conflict(f"Interface {name!r}{at} exists with if_id {iface.if_id}, not {if_id}.")
+    if link is not None and link != iface.link:
+        raise Conflict(f"Interface {name!r}{at} exists with underlying device {iface.link or 'none'}, not {link}.")
+    if external != iface.external:
+        mode = "external (collect_md)" if iface.external else "normal"
+        raise Conflict(f"Interface {name!r}{at} exists in {mode} mode.")
+
+
+async def new_interface(
+    manager: "Manager",
+    netns: str | None,
+    name: str,
+    if_id: int,
+    *,
+    link: str | None = None,
+    mtu: int | None = None,
+    external: bool | None = None,
+) -> DesiredInterface:
+    """The desired interface for a name not in the desired state yet (not stored here).
+
+    A foreign xfrm link of that name is adopted (owned=False) when it agrees with the
+    request and the name policy; otherwise xfrmid will create the link (owned=True).
+    ``external`` None (Attach) accepts the existing link's mode.
+    """
+    policy = manager.settings.name_policy
+    links = {state.name: state for state in await manager.kernel.xfrm_links(netns)}
+    have = links.get(name)
+    at = where(netns)
+    if have is not None and not have.owned:
+        if external is not None and external != have.external:
+            raise Conflict(f"Interface {name!r}{at} exists and is {'' if have.external else 'not '}"
+                           "in external (collect_md) mode.")
+        if have.external:
+            ident = resolve(name, if_id, policy)
+        else:
+            if if_id and if_id != have.if_id:
+                raise Conflict(f"Interface {name!r}{at} already exists with if_id {have.if_id}, not {if_id}.")
+            implied = derived_if_id(name)
+            if implied is not None and implied != have.if_id:
+                raise Conflict(f"Interface {name!r}{at} exists with if_id {have.if_id}, "
+                               f"but its name implies if_id {implied}.")
+            ident = resolve(name, have.if_id, policy)
+        if link is not None and link != have.link:
+            raise Conflict(f"Interface {name!r}{at} exists with underlying device {have.link or 'none'}, not {link}.")
+        return DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=have.link,
+                                external=have.external, owned=False)
+    ident = resolve(name, if_id, policy)
+    features = manager.features
+    if features is not None and not features.xfrm_interface:
+        raise KernelUnsupported(features.explanation() or "This kernel has no XFRM interfaces.")
+    if external and features is not None and not features.collect_md:
+        raise KernelUnsupported(f"Kernel {features.kernel} has no external (collect_md) XFRM interfaces, "
+                                f"needed for {name!r}; they need Linux 6.1 or later.")
+    if not external:
+        taken = {n: s.if_id for n, s in links.items() if n != name and not s.external}
+        taken.update({i.name: i.if_id for i in manager.desired.in_netns(netns) if i.name != name and not i.external})
+        check_unique(ident, taken)
+    return DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=link, mtu=mtu,
+                            external=bool(external), owned=True)

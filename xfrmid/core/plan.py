@@ -1,0 +1,255 @@
+"""Reconcile as a pure function: desired state + kernel dump of one namespace -> actions.
+
+Nothing here touches the kernel. ``plan_netns`` compares what xfrmid wants
+with what the kernel reports and returns the actions that close the gap, in
+the order they must run (removals before additions, links before addresses
+before routes before rules). Rules of the house:
+
+- never touch foreign objects: links without xfrmid's marker that nobody asked
+  for, routes and rules without protocol 120, addresses xfrmid did not add;
+- an adopted (foreign) link is used as it is: a mismatch is a conflict, not a repair;
+- a link of our own that differs is changed (MTU, up) or, when the kernel
+  cannot change the attribute (if_id, underlying link, external), recreated;
+- leftovers carrying xfrmid's marker that no desired state explains are removed.
+
+With a ``Scope`` the plan only looks at the named interfaces and rules with
+their marks: that is how a single D-Bus call syncs one interface cheaply.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..kernel.objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
+from .desired import DesiredInterface
+from .routes_policy import PeerPolicy, route_key
+
+# Execution order of action kinds.
+PHASES = (
+    "conflict",
+    "adopt",
+    "remove_rule",
+    "remove_route",
+    "remove_address",
+    "delete_link",
+    "recreate_link",
+    "create_link",
+    "change_link",
+    "add_address",
+    "add_route",
+    "add_rule",
+)
+_PHASE = {op: i for i, op in enumerate(PHASES)}
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """What the kernel holds in one namespace (xfrmid's own routes/rules only)."""
+
+    links: dict[str, LinkState]
+    addresses: dict[str, frozenset[str]]  # per interface name, for the interfaces of interest
+    routes: frozenset[RouteSpec]
+    rules: frozenset[RuleSpec]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Restrict a plan to some interfaces (by name) and the rules carrying their marks."""
+
+    names: frozenset[str]
+    marks: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Action:
+    op: str  # one of PHASES
+    netns: str | None
+    ifname: str | None  # the interface concerned (None for a leftover rule)
+    category: str | None  # "created" | "repaired" | "adopted" | "removed" | None
+    detail: str  # one phrase for logs and the Repaired signal
+    link: LinkSpec | None = None
+    address: AddressSpec | None = None
+    route: RouteSpec | None = None
+    rule: RuleSpec | None = None
+    mtu: int | None = None
+    up: bool | None = None
+    owned: bool | None = None  # adopt: the new value of the interface's ``owned``
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    netns: str | None
+    desired: list[DesiredInterface]
+    view: KernelView
+    mask: int
+    peer: PeerPolicy = PeerPolicy()
+    default_mtu: int | None = None
+    retired: dict[str, set[str]] = field(default_factory=dict)  # per interface name
+    scope: Scope | None = None
+
+
+def rule_key(rule: RuleSpec) -> tuple:
+    """Rules compare with the kernel's defaults filled in (no dst = /0, no mask = all ones)."""
+    dst = rule.dst
+    if dst in ("0.0.0.0/0", "::/0"):
+        dst = None
+    mask = rule.fwmask
+    if rule.fwmark is not None and mask is None:
+        mask = 0xFFFFFFFF
+    return (rule.priority, rule.table, rule.family, dst, rule.src, rule.fwmark, mask, rule.invert)
+
+
+def _link_differs(spec: LinkSpec, have: LinkState) -> str | None:
+    """What the kernel cannot change in place, or None."""
+    if have.external != spec.external:
+        return f"external {have.external} instead of {spec.external}"
+    if not spec.external and have.if_id != spec.if_id:
+        return f"if_id {have.if_id} instead of {spec.if_id}"
+    if spec.link is not None and have.link != spec.link:
+        return f"underlying link {have.link or 'none'} instead of {spec.link}"
+    return None
+
+
+def plan_netns(inp: PlanInput) -> list[Action]:
+    """The actions that make namespace ``inp.netns`` match the desired state."""
+    netns, view, scope = inp.netns, inp.view, inp.scope
+    actions: list[Action] = []
+
+    def add(op: str, ifname: str | None, category: str | None, detail: str, **kw) -> None:
+        actions.append(Action(op=op, netns=netns, ifname=ifname, category=category, detail=detail, **kw))
+
+    desired = [d for d in inp.desired if scope is None or d.name in scope.names]
+    wanted_names = {d.name for d in inp.desired}
+    status: dict[str, str] = {}  # name -> "new" | "kept" | "conflict" | "gone"
+
+    # Leftover links of our own go first, so their names and if_ids are free again.
+    for name, have in view.links.items():
+        if name in wanted_names or not have.owned:
+            continue
+        if scope is None or name in scope.names:
+            add("delete_link", name, "removed", f"removed leftover interface {name}")
+            status[name] = "gone"
+    live_ids = {
+        have.if_id: name
+        for name, have in view.links.items()
+        if status.get(name) != "gone" and not have.external
+    }
+
+    for d in desired:
+        spec = d.link_spec(inp.default_mtu)
+        have = view.links.get(d.name)
+        if have is None:
+            holder = live_ids.get(spec.if_id)
+            if not spec.external and holder is not None and holder != d.name:
+                add("conflict", d.name, None, f"if_id {spec.if_id} of {d.name} is used by interface {holder}")
+                status[d.name] = "conflict"
+                continue
+            add("create_link", d.name, "created", f"created interface {d.name}", link=spec)
+            status[d.name] = "new"
+            continue
+        differs = _link_differs(spec, have)
+        if not have.owned:
+            if differs is not None:
+                add("conflict", d.name, None, f"existing interface {d.name} not created by xfrmid has {differs}")
+                status[d.name] = "conflict"
+                continue
+            if d.owned:
+                add("adopt", d.name, "adopted", f"adopted existing interface {d.name}", owned=False)
+            status[d.name] = "kept"
+            continue
+        if not d.owned:  # our marker is on it after all (we recreated it earlier)
+            add("adopt", d.name, None, f"interface {d.name} carries xfrmid's marker", owned=True)
+        if differs is not None:
+            add("recreate_link", d.name, "repaired", f"recreated {d.name}: it had {differs}", link=spec)
+            status[d.name] = "new"
+            continue
+        mtu = spec.mtu if spec.mtu is not None and spec.mtu != have.mtu else None
+        up = True if not have.up else None
+        if mtu is not None or up is not None:
+            what = ", ".join(
+                p for p in (f"MTU {have.mtu} -> {mtu}" if mtu else "", "set up" if up else "") if p
+            )
+            add("change_link", d.name, "repaired", f"repaired {d.name}: {what}", mtu=mtu, up=up)
+        status[d.name] = "kept"
+
+    live = {d.name: d for d in desired if status.get(d.name) in ("new", "kept")}
+
+    # Addresses: add what holders want; remove only what xfrmid released (retired).
+    for name in sorted(set(live) | set(inp.retired)):
+        if scope is not None and name not in scope.names:
+            continue
+        if status.get(name) in ("gone", "conflict") or (name not in live and name not in view.links):
+            continue
+        d = live.get(name)
+        have = frozenset() if status.get(name) == "new" else view.addresses.get(name, frozenset())
+        want = d.addresses() if d is not None else set()
+        category = "repaired" if status.get(name) == "kept" else None
+        for cidr in sorted(want - have):
+            add("add_address", name, category, f"added address {cidr} to {name}",
+                address=AddressSpec(ifname=name, cidr=cidr))
+        for cidr in sorted((have & inp.retired.get(name, set())) - want):
+            add("remove_address", name, "removed", f"removed address {cidr} from {name}",
+                address=AddressSpec(ifname=name, cidr=cidr))
+
+    # Routes and rules: ours carry protocol 120, so anything of ours not wanted goes.
+    want_routes: dict[tuple, RouteSpec] = {}
+    want_rules: dict[tuple, tuple[RuleSpec, str]] = {}
+    marks = set(scope.marks) if scope is not None else set()
+    for d in inp.desired:
+        if d.name not in live and scope is not None and d.name in scope.names:
+            continue
+        if status.get(d.name, "kept") not in ("new", "kept"):
+            continue
+        routes, rules = d.kernel_routes(inp.mask, inp.peer)
+        for r in routes:
+            want_routes[route_key(r)] = r
+        for q in rules:
+            want_rules[rule_key(q)] = (q, d.name)
+        if scope is not None and d.name in scope.names:
+            marks.add(d.mark(inp.mask)[0])
+    have_routes = {route_key(r): r for r in view.routes}
+    for key, r in sorted(have_routes.items(), key=lambda kv: repr(kv[0])):
+        if key in want_routes or status.get(r.dev) in ("gone", "new"):
+            continue  # wanted, or it goes away with its link anyway
+        if scope is None or r.dev in scope.names:
+            add("remove_route", r.dev, "removed", f"removed route {r.dst} via {r.dev} (table {r.table})", route=r)
+    for key, r in sorted(want_routes.items(), key=lambda kv: repr(kv[0])):
+        if scope is not None and r.dev not in scope.names:
+            continue
+        st = status.get(r.dev)
+        if st == "new" or (st == "kept" and key not in have_routes):
+            add("add_route", r.dev, "repaired" if st == "kept" else None,
+                f"added route {r.dst} via {r.dev} (table {r.table})", route=r)
+    have_rules = {rule_key(q): q for q in view.rules}
+    for key, q in sorted(have_rules.items(), key=lambda kv: repr(kv[0])):
+        if key in want_rules:
+            continue
+        if scope is None or q.fwmark in marks:
+            add("remove_rule", None, "removed", f"removed rule {_rule_text(q)}", rule=q)
+    for key, (q, name) in sorted(want_rules.items(), key=lambda kv: repr(kv[0])):
+        if key in have_rules or (scope is not None and name not in scope.names):
+            continue
+        category = "repaired" if status.get(name) == "kept" else None
+        add("add_rule", name, category, f"added rule {_rule_text(q)}", rule=q)
+
+    actions.sort(key=lambda a: _PHASE[a.op])
+    return actions
+
+
+def _rule_text(rule: RuleSpec) -> str:
+    mark = f" fwmark 0x{rule.fwmark:x}/0x{rule.fwmask or 0xFFFFFFFF:x}" if rule.fwmark is not None else ""
+    return f"{rule.priority}: {'not ' if rule.invert else ''}to {rule.dst or 'all'}{mark} lookup {rule.table}"
+
+
+def summarise(actions: list[Action]) -> dict[str, int]:
+    """Counts for Reconcile: interfaces created, repaired, adopted; leftover objects removed."""
+    created = {a.ifname for a in actions if a.op == "create_link"}
+    counts = Counter(a.category for a in actions if a.category in ("adopted", "removed"))
+    repaired = {a.ifname for a in actions if a.category == "repaired" and a.ifname not in created}
+    return {
+        "created": len(created),
+        "repaired": len(repaired),
+        "adopted": counts["adopted"],
+        "removed": counts["removed"],
+    }

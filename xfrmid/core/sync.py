@@ -1,0 +1,220 @@
+"""Making the kernel match the desired state: per call (one interface, strict) or in full (reconcile).
+
+Both paths dump the kernel, ask plan.plan_netns for the actions and run them
+with apply.apply. A call's sync is strict: the first kernel error aborts and
+goes back to the caller, after the manager restored the previous desired
+state. A reconcile repairs what it can and logs the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import Conflict, NotFound, XfrmidError
+from ..kernel.objects import LinkState
+from .apply import ApplyResult, apply, snapshot
+from .desired import DesiredInterface, Key
+from .info import peer_policy
+from .plan import Action, KernelView, PlanInput, Scope, plan_netns, summarise
+from .routes_policy import PeerPolicy
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logging.getLogger("xfrmid.core")
+
+# Removing an address can make the kernel drop routes through the interface
+# (all IPv4 routes when the last IPv4 address goes, routes using it as source):
+# after such a pass, plan again so the routes still owed come back.
+MAX_PASSES = 3
+
+
+@dataclass
+class SavePoint:
+    key: Key
+    iface: DesiredInterface | None
+    retired: set[str] | None
+    marks: frozenset[int]
+
+
+def _sentence(detail: str) -> str:
+    return detail[:1].upper() + detail[1:] + "."
+
+
+class Syncer:
+    def __init__(self, manager: "Manager") -> None:
+        self.m = manager
+        self.links: dict[Key, LinkState] = {}  # last kernel state seen per desired interface
+
+    @property
+    def peer(self) -> PeerPolicy:
+        return peer_policy(self.m.settings)
+
+    def _input(self, netns: str | None, view: KernelView, scope: Scope | None) -> PlanInput:
+        desired = self.m.desired
+        retired = {k[1]: set(v) for k, v in desired.retired.items() if k[0] == netns}
+        return PlanInput(
+            netns=netns,
+            desired=desired.in_netns(netns),
+            view=view,
+            mask=self.m.settings.name_policy.mark_mask,
+            peer=self.peer,
+            default_mtu=self.m.settings.default_mtu,
+            retired=retired,
+            scope=scope,
+        )
+
+    # --- one call --------------------------------------------------------------
+
+    async def change(self, key: Key, mutate: Callable[[], object]) -> None:
+        """Apply ``mutate`` to the desired state, persist, sync the kernel; undo all on failure."""
+        desired = self.m.desired
+        current = desired.get(key)
+        saved = SavePoint(
+            key=key,
+            iface=copy.deepcopy(current),
+            retired=copy.deepcopy(desired.retired.get(key)),
+            marks=frozenset({current.if_id} if current else ()),
+        )
+        try:
+            mutate()
+            await self.m.persist()
+            await self.sync(key, saved.marks, strict=True)
+        except XfrmidError:
+            self._restore(saved)
+            try:
+                await self.m.persist()
+                await self.sync(key, saved.marks, strict=True)
+            except XfrmidError as exc:
+                log.warning("could not undo a failed change of %s: %s", key[1], exc)
+            self.m.publish(key)
+            raise
+        self.m.publish(key)
+
+    def _restore(self, saved: SavePoint) -> None:
+        desired = self.m.desired
+        desired.interfaces.pop(saved.key, None)
+        if saved.iface is not None:
+            desired.put(saved.iface)
+        if saved.retired is None:
+            desired.retired.pop(saved.key, None)
+        else:
+            desired.retired[saved.key] = saved.retired
+
+    async def sync(self, key: Key, marks: frozenset[int] = frozenset(), *, strict: bool) -> list[Action]:
+        """Make the kernel match the desired state for one interface; the actions done."""
+        netns, name = key
+        iface = self.m.desired.get(key)
+        scope = Scope(frozenset({name}), frozenset(marks | ({iface.if_id} if iface else set())))
+        done: list[Action] = []
+        for _ in range(MAX_PASSES):
+            view = await snapshot(self.m.kernel, netns, {name})
+            actions = plan_netns(self._input(netns, view, scope))
+            dirty = self._decide(netns, actions, strict)
+            result = await apply(self.m.kernel, actions, strict=strict)
+            self._remember(netns, {name}, view, result)
+            done += result.done + [a for a in actions if a.op == "adopt"]
+            if not result.failed and self.m.desired.retired.pop(key, None):
+                dirty = True
+            if dirty:
+                await self.m.persist()
+            if not result.removed_addresses:
+                break
+        return done
+
+    async def reconcile_one(self, key: Key) -> dict[str, int]:
+        done = await self.sync(key, strict=False)
+        self._report_repairs(key[0], done)
+        self.m.publish(key)
+        return summarise(done)
+
+    # --- everything ----------------------------------------------------------------
+
+    async def reconcile_all(self) -> dict[str, int]:
+        """Full reconcile of every namespace xfrmid knows; counts created/repaired/adopted/removed."""
+        desired = self.m.desired
+        totals: Counter[str] = Counter({"created": 0, "repaired": 0, "adopted": 0, "removed": 0})
+        dirty = False
+        namespaces = set(desired.namespaces) | {i.netns for i in desired.interfaces.values()}
+        for netns in sorted(namespaces, key=lambda n: n or ""):
+            names = {i.name for i in desired.in_netns(netns)} | {k[1] for k in desired.retired if k[0] == netns}
+            try:
+                view = await snapshot(self.m.kernel, netns, names)
+            except NotFound as exc:
+                log.warning("reconcile skipped a namespace: %s", exc)
+                if netns is not None and not desired.in_netns(netns):
+                    desired.namespaces.discard(netns)
+                    dirty = True
+                continue
+            except XfrmidError as exc:
+                log.warning("reconcile could not read the kernel: %s", exc)
+                continue
+            actions = plan_netns(self._input(netns, view, None))
+            dirty |= self._decide(netns, actions, strict=False)
+            result = await apply(self.m.kernel, actions, strict=False)
+            self._remember(netns, set(view.links) | names, view, result)
+            done = result.done + [a for a in actions if a.op == "adopt"]
+            totals.update(summarise(done))
+            failed = {a.ifname for a, _ in result.failed}
+            passes = 1
+            while result.removed_addresses and passes < MAX_PASSES:
+                passes += 1
+                view = await snapshot(self.m.kernel, netns, names)
+                result = await apply(self.m.kernel, plan_netns(self._input(netns, view, None)), strict=False)
+                self._remember(netns, set(view.links) | names, view, result)
+                failed |= {a.ifname for a, _ in result.failed}
+            for key in [k for k in desired.retired if k[0] == netns and k[1] not in failed]:
+                desired.retired.pop(key)
+                dirty = True
+            if netns is not None and not desired.in_netns(netns) and not failed:
+                desired.namespaces.discard(netns)
+                dirty = True
+            self._report_repairs(netns, done)
+        if dirty:
+            await self.m.persist()
+        for key in set(desired.interfaces) | set(self.m._published):
+            self.m.publish(key)
+        if any(totals.values()):
+            log.info("reconcile: %s", ", ".join(f"{v} {k}" for k, v in totals.items()))
+        return dict(totals)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _decide(self, netns: str | None, actions: list[Action], strict: bool) -> bool:
+        """Apply adopt decisions to the desired state; raise or log conflicts. True if changed."""
+        dirty = False
+        for action in actions:
+            if action.op == "conflict":
+                if strict:
+                    raise Conflict(_sentence(action.detail))
+                log.warning("cannot reconcile: %s", action.detail)
+            elif action.op == "adopt":
+                iface = self.m.desired.get((netns, action.ifname))
+                if iface is not None and iface.owned != action.owned:
+                    iface.owned = bool(action.owned)
+                    dirty = True
+                    log.info("%s%s", action.detail, f" in namespace {netns}" if netns else "")
+        return dirty
+
+    def _remember(self, netns: str | None, names: set[str], view: KernelView, result: ApplyResult) -> None:
+        deleted = {a.ifname for a in result.done if a.op == "delete_link"}
+        for name in names:
+            key = (netns, name)
+            state = result.links.get(name) or (None if name in deleted else view.links.get(name))
+            if state is None or key not in self.m.desired.interfaces:
+                self.links.pop(key, None)
+            else:
+                self.links[key] = state
+
+    def _report_repairs(self, netns: str | None, done: list[Action]) -> None:
+        by_name: dict[str, list[str]] = {}
+        for action in done:
+            if action.category in ("repaired", "created") and action.ifname:
+                by_name.setdefault(action.ifname, []).append(action.detail)
+        for name, details in by_name.items():
+            self.m.notify_repaired((netns, name), "; ".join(details))
