@@ -87,5 +87,20 @@ BY_DBUS_NAME: dict[str, type[XfrmidError]] = {cls.dbus_name: cls for cls in ALL_
 
 
 def from_dbus_name(name: str, message: str) -> XfrmidError:
-    """Rebuild the typed error a client received from the bus."""
-    return BY_DBUS_NAME.get(name, Failed)(message)
+    """Rebuild the typed error a client received from the bus (unknown names: Failed)."""
+    cls = BY_DBUS_NAME.get(name, Failed) if isinstance(name, str) else Failed
+    return cls(message)
+
+
+def show(value: object) -> str:
+    """repr() of an offending value for an error message; never raises.
+
+    Ints too long for repr() (above ~4300 digits) are shown in hex, and an
+    object whose repr() fails is shown by its type.
+    """
+    try:
+        return repr(value)
+    except Exception:  # a caller's odd object must not turn a refusal into a crash
+        if isinstance(value, int):
+            return hex(value)
+        return f"<{type(value).__name__} object>"

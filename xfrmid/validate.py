@@ -1,6 +1,8 @@
 """Validators for values callers send: addresses, prefixes, namespace names.
 
 Pure functions; each raises InvalidArgument with a sentence naming the value.
+Addresses are parsed by Python's ipaddress module and returned in its
+normalised text form, which is what the kernel layer hands to netlink.
 """
 
 from __future__ import annotations
@@ -8,15 +10,41 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, show
 
 NETNS_DIR = "/run/netns"
+NETNS_NAME_MAX = 255  # NAME_MAX: iproute2's `ip netns` limit, in bytes
+
+_ANY_PREFIX = "an IPv4 or IPv6 address with an optional /prefix"
 
 
 def _text(what: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(f"{what} {value!r} is empty or not a string.")
-    return value.strip()
+    """The stripped text of an address argument; refuses non-strings, blanks and zones."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} {show(value)} is not a string.")
+    text = value.strip()
+    if not text:
+        raise InvalidArgument(f"{what} {value!r} is empty.")
+    if "%" in text:
+        # ipaddress accepts IPv6 zones ("fe80::1%eth0"), netlink does not.
+        raise InvalidArgument(f"{what} {value!r} carries a zone index ('%'), which netlink cannot take.")
+    return text
+
+
+def _refuse(what: str, value: str, text: str, expected: str) -> InvalidArgument:
+    """The error for text ipaddress could not parse: say so about the prefix when it is the culprit."""
+    address, slash, length = text.partition("/")
+    if slash:
+        try:
+            bits = ipaddress.ip_address(address).max_prefixlen
+        except ValueError:
+            bits = None
+        if bits is not None:
+            return InvalidArgument(
+                f"{what} {value!r} has a bad prefix length {length!r}; "
+                f"IPv{4 if bits == 32 else 6} takes /0 to /{bits}."
+            )
+    return InvalidArgument(f"{what} {value!r} is not {expected}.")
 
 
 def parse_interface_cidr(value: object) -> str:
@@ -28,7 +56,7 @@ def parse_interface_cidr(value: object) -> str:
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:
-        raise InvalidArgument(f"Address {text!r} is not an IPv4 or IPv6 address with an optional /prefix.") from None
+        raise _refuse("Address", value, text, _ANY_PREFIX) from None
     return iface.with_prefixlen
 
 
@@ -38,31 +66,57 @@ def parse_network(value: object) -> str:
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        hint = " (host bits are set)" if "host bits" in str(exc) else ""
-        raise InvalidArgument(f"Destination {text!r} is not an IPv4 or IPv6 prefix{hint}.") from None
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise _refuse("Destination", value, text, "an IPv4 or IPv6 prefix") from None
+        raise InvalidArgument(
+            f"Destination {value!r} has host bits set; the prefix is {loose.with_prefixlen}."
+        ) from None
     return net.with_prefixlen
 
 
 def parse_address(what: str, value: object) -> str:
-    """A single IPv4 or IPv6 address, without prefix."""
+    """A single IPv4 or IPv6 address, without prefix; ``what`` names it in errors."""
     text = _text(what, value)
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise InvalidArgument(f"{what} {text!r} is not an IPv4 or IPv6 address.") from None
+        raise InvalidArgument(f"{what} {value!r} is not an IPv4 or IPv6 address.") from None
 
 
 def family_of(text: str) -> int:
     """socket.AF_INET or AF_INET6 for an address, interface address or prefix."""
-    return socket.AF_INET6 if ":" in text else socket.AF_INET
+    parsed = _text("Address", text)
+    try:
+        version = ipaddress.ip_interface(parsed).version
+    except ValueError:
+        raise _refuse("Address", text, parsed, _ANY_PREFIX) from None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 def check_netns(value: object) -> str | None:
-    """A network namespace name as under /run/netns; '' or None means the daemon's own."""
+    """A network namespace name as under /run/netns; '' or None means the daemon's own.
+
+    The rules are iproute2's (`ip netns`): not '.' or '..', no '/', at most
+    255 bytes; NUL is refused too since the name becomes a path.
+    """
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise InvalidArgument(f"Network namespace {value!r} is not a string.")
-    if value in (".", "..") or "/" in value or "\0" in value or len(value.encode()) > 255:
-        raise InvalidArgument(f"Network namespace name {value!r} is not a valid name under {NETNS_DIR}.")
+        raise InvalidArgument(f"Network namespace {show(value)} is not a string.")
+    if value in (".", ".."):
+        raise InvalidArgument(f"Network namespace {value!r} names a directory, not a namespace under {NETNS_DIR}.")
+    if "/" in value or "\0" in value:
+        raise InvalidArgument(
+            f"Network namespace {value!r} contains '/' or NUL; give a bare name under {NETNS_DIR}."
+        )
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"Network namespace {value!r} is not valid Unicode text.") from None
+    if size > NETNS_NAME_MAX:
+        raise InvalidArgument(
+            f"Network namespace {value!r} is {size} bytes long, above the limit of {NETNS_NAME_MAX}."
+        )
     return value
