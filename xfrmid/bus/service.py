@@ -83,6 +83,7 @@ class BusService:
             self._export(info, announce=False)
         self._count = len(self._objects)
         self._manager.subscribe(self)
+        await self._release_departed_callers()
         if request_name:
             reply = await self._bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -144,6 +145,14 @@ class BusService:
                 self._bus.send(reply)
             except Exception:  # the caller may be gone; nothing to tell
                 log.debug("could not send the reply to %s", msg.sender, exc_info=True)
+
+    async def _release_departed_callers(self) -> None:
+        """bind_to_caller references restored from the state file whose client left
+        while the daemon was not watching (restart): release them now."""
+        bound = getattr(self._manager, "bound_callers", None)
+        for caller in sorted(bound() if bound is not None else ()):
+            if await bus_daemon_call(self._bus, "NameHasOwner", "s", [caller]) is False:
+                await self._vanished(caller)
 
     async def _check_caller_alive(self, msg: Message) -> None:
         """A bind_to_caller client that left before its Attach finished never

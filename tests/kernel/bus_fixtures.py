@@ -1,0 +1,236 @@
+"""A real private dbus-daemon and the real xfrmid daemon, for the bus tests.
+
+Imported by tests/kernel/test_bus_*.py (``from bus_fixtures import ...``);
+the fixtures are module-scoped so a test file boots one bus and one daemon
+and its tests use distinct interface names and clean up after themselves.
+
+``policy=True`` builds a system-bus-like configuration (deny by default)
+that includes the project's dbus/org.xfrmid1.conf, as a distribution would;
+``policy=False`` opens the bus to everything, so only the daemon's own
+check stands between a user and a mutating call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parents[2]
+POLICY = TOP / "dbus" / "org.xfrmid1.conf"
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+_HEAD = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+"""
+
+# The default policy of Debian's system.conf, trimmed to what matters here.
+_SYSTEM_LIKE = """  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+_WIDE_OPEN = """  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+</busconfig>
+"""
+
+
+@dataclass
+class PrivateBus:
+    address: str
+    directory: Path
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_bus(policy: bool = True) -> PrivateBus:
+    directory = Path(tempfile.mkdtemp(prefix="xfrmid-bus-"))
+    directory.chmod(0o755)  # unprivileged clients must reach the socket
+    socket = directory / "bus"
+    config = directory / "bus.conf"
+    config.write_text(_HEAD.format(socket=socket) + (_SYSTEM_LIKE.format(policy=POLICY) if policy else _WIDE_OPEN))
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1", "--nopidfile"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"dbus-daemon did not start with {config}")
+    return PrivateBus(line.split(",guid=")[0], directory, proc)
+
+
+def busctl(address: str, *args: str, user: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    """busctl (sd-bus, what pluto would link) against the private bus; user=True runs it as nobody."""
+    cmd = (NOBODY if user else []) + ["busctl", f"--address={address}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def busctl_json(address: str, *args: str, user: bool = False):
+    return json.loads(busctl(address, "--json=short", *args, user=user).stdout)
+
+
+def manager_call(address: str, method: str, signature: str, *args: str, user: bool = False, check: bool = True):
+    return busctl(address, "call", "org.xfrmid1", "/org/xfrmid1", "org.xfrmid1.Manager", method,
+                  *( [signature] if signature else []), *args, user=user, check=check)
+
+
+def xfrmctl(address: str, *args: str, user: bool = False, check: bool = False) -> subprocess.CompletedProcess:
+    cmd = (NOBODY if user else []) + [sys.executable, "-m", "xfrmid.cli.main", "--bus", address, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=TOP)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xfrmctl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class Daemon:
+    bus: PrivateBus
+    process: subprocess.Popen
+    log: Path
+    state_dir: Path
+    config: Path
+
+    @property
+    def address(self) -> str:
+        return self.bus.address
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Path | None = None,
+                 timeout: float = 120) -> Daemon:
+    state_dir = state_dir or Path(tempfile.mkdtemp(prefix="xfrmid-state-"))
+    config = state_dir.parent / (state_dir.name + ".conf")
+    if config_text is not None:
+        config.write_text(config_text)
+    log = state_dir.parent / (state_dir.name + ".log")
+    out = open(log, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
+         "--state-dir", str(state_dir), "--log-level", "debug"],
+        stdout=out, stderr=subprocess.STDOUT, cwd=TOP,
+    )
+    daemon = Daemon(bus, proc, log, state_dir, config)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not daemon.alive():
+            raise RuntimeError(f"xfrmid exited with {proc.returncode}:\n{daemon.log_text()}")
+        probe = busctl(bus.address, "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                       "org.freedesktop.DBus", "NameHasOwner", "s", "org.xfrmid1", check=False)
+        if probe.stdout.strip() == "b true":
+            return daemon
+        time.sleep(0.2)
+    daemon.stop()
+    raise RuntimeError(f"xfrmid did not take its bus name in {timeout}s:\n{daemon.log_text()}")
+
+
+@pytest.fixture(scope="module")
+def private_bus():
+    bus = start_bus(policy=True)
+    yield bus
+    bus.stop()
+
+
+@pytest.fixture(scope="module")
+def xfrmid(private_bus):
+    daemon = start_daemon(private_bus)
+    yield daemon
+    rc = daemon.stop()
+    assert rc == 0, f"xfrmid stopped with {rc}:\n{daemon.log_text()[-3000:]}"
+
+
+@pytest.fixture
+async def client(xfrmid):
+    from xfrmid.client import Client
+
+    c = await Client.connect(xfrmid.address)
+    yield c
+    c.close()
+
+
+
+def ip_json(*args: str, netns: str | None = None):
+    cmd = ["ip", "-j"] + (["-n", netns] if netns else []) + list(args)
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def link_present(name: str, netns: str | None = None) -> bool:
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["link", "show", "dev", name]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")

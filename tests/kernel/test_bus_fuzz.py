@@ -1,0 +1,126 @@
+"""Fuzzing the running daemon over the bus: random argument sets across all methods.
+
+Every reply must be a success or one of the contract's error names, and the
+daemon must still answer afterwards. One daemon, one connection, many calls;
+interface names stay within ipsec250..ipsec257 so the kernel side is bounded,
+and whatever the fuzzer created is removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import string
+
+from bus_fixtures import ip_json, private_bus, xfrmid  # noqa: F401 - fixtures
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xfrmid.client import Client
+
+CALLS = 2200
+CONTRACT_ERRORS = {
+    "org.xfrmid1.Error.InvalidArgument", "org.xfrmid1.Error.NotFound", "org.xfrmid1.Error.Conflict",
+    "org.xfrmid1.Error.Busy", "org.xfrmid1.Error.NotOwned", "org.xfrmid1.Error.KernelUnsupported",
+    "org.xfrmid1.Error.Failed", "org.freedesktop.DBus.Error.AccessDenied",
+}
+SIGNATURES = {
+    "CreateInterface": "sua{sv}", "DeleteInterface": "sa{sv}", "Attach": "ssa{sv}", "Detach": "ssa{sv}",
+    "AddAddress": "sssa{sv}", "RemoveAddress": "sssa{sv}", "AddRoute": "sssa{sv}", "RemoveRoute": "sssa{sv}",
+    "ListInterfaces": "", "Reconcile": "",
+}
+OPTION_KEYS = ["netns", "link", "mtu", "external", "addresses", "force", "bind_to_caller", "table", "src",
+               "metric", "peer", "colour", ""]
+
+names = st.one_of(
+    st.sampled_from([f"ipsec{n}" for n in range(250, 258)]),
+    st.sampled_from(["", "ipsec", "ipsec01", "lo", "eth0", "x" * 16, "a/b", "a b", "ipsec4294967296"]),
+    st.text(string.printable, max_size=20),
+)
+owners = st.one_of(st.sampled_from(["pluto-a", "pluto-b", "nm-1"]), st.text(max_size=300))
+addresses = st.one_of(
+    st.sampled_from(["10.250.0.1/24", "10.250.0.2/32", "fd00:250::1/64", "0.0.0.0/0", "::/0", "10.251.0.0/16",
+                     "192.0.2.0/24", "fe80::/10", "224.0.0.0/4", "10.250.0.1", "999.1.1.1/8", "10.0.0.1/33"]),
+    st.ip_addresses().map(str),
+    st.text(max_size=40),
+)
+u32 = st.one_of(st.sampled_from([0, 1, 50, 68, 1280, 1400, 9000, 65535, 65536, 254, 255, 0xFFFFFFFF]),
+                st.integers(0, 0xFFFFFFFF))
+variants = st.one_of(
+    st.builds(Variant, st.just("s"), st.one_of(addresses, st.sampled_from(["", "lo", "nonexistent-ns"]))),
+    st.builds(Variant, st.just("u"), u32),
+    st.builds(Variant, st.just("b"), st.booleans()),
+    st.builds(Variant, st.just("as"), st.lists(addresses, max_size=3)),
+    st.builds(Variant, st.just("i"), st.integers(-(2**31), 2**31 - 1)),
+)
+options = st.dictionaries(st.sampled_from(OPTION_KEYS), variants, max_size=3)
+
+
+@st.composite
+def calls(draw):
+    method = draw(st.sampled_from(sorted(SIGNATURES)))
+    sig = SIGNATURES[method]
+    body = []
+    for i, ch in enumerate(sig.replace("a{sv}", "D")):
+        if ch == "D":
+            body.append(draw(options))
+        elif ch == "u":
+            body.append(draw(u32))
+        elif i == 0:
+            body.append(draw(names))
+        elif i == 1 and method not in ("CreateInterface",):
+            body.append(draw(owners))
+        else:
+            body.append(draw(addresses))
+    return method, sig, body
+
+
+def test_fuzz_every_reply_is_success_or_a_contract_error(xfrmid):
+    loop = asyncio.new_event_loop()
+    bus = loop.run_until_complete(MessageBus(bus_address=xfrmid.address).connect())
+    seen: dict[str, int] = {}
+    unexpected: list = []
+
+    async def call(method: str, sig: str, body: list) -> Message:
+        return await asyncio.wait_for(bus.call(Message(
+            destination="org.xfrmid1", path="/org/xfrmid1", interface="org.xfrmid1.Manager",
+            member=method, signature=sig, body=body)), 60)
+
+    @settings(max_examples=CALLS, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(calls())
+    def one(case):
+        method, sig, body = case
+        reply = loop.run_until_complete(call(method, sig, body))
+        key = "ok" if reply.message_type == MessageType.METHOD_RETURN else reply.error_name
+        seen[key] = seen.get(key, 0) + 1
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            if reply.error_name not in CONTRACT_ERRORS or "Traceback" in text or "\n" in text.strip():
+                unexpected.append((method, body, reply.error_name, text))
+
+    existing = {(i.name, i.netns) for i in loop.run_until_complete(Client(bus).list_interfaces())}
+    try:
+        one()
+        assert sum(seen.values()) >= 2000, seen
+        assert not unexpected, unexpected[:5]
+        assert seen.get("ok", 0) > 100 and len(seen) >= 4, seen  # the fuzzer reached real work too
+        print("fuzz replies:", seen)
+        # still answering, and clean up what the fuzzer made
+        client = Client(bus)
+        for entry in loop.run_until_complete(client.list_interfaces()):
+            if (entry.name, entry.netns) not in existing:
+                props = loop.run_until_complete(client.interface_properties(entry.name, entry.netns or None))
+                for owner in props["Owners"]:
+                    loop.run_until_complete(client.detach(entry.name, owner, netns=entry.netns or None))
+                if props["Owned"] and entry.name in {
+                        i.name for i in loop.run_until_complete(client.list_interfaces())}:
+                    loop.run_until_complete(client.delete_interface(entry.name, netns=entry.netns or None, force=True))
+        left = [i.name for i in loop.run_until_complete(client.list_interfaces()) if (i.name, i.netns) not in existing]
+        assert left == []
+        assert not [x for x in ip_json("link", "show") if x["ifname"].startswith("ipsec25")]
+        assert xfrmid.alive()
+    finally:
+        bus.disconnect()
+        loop.close()
