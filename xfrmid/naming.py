@@ -70,9 +70,10 @@ def _bad_char_reason(char: str) -> str | None:
         return "the kernel refuses '/' and ':' in interface names"
     if char == "%":
         return "the kernel treats '%' as a name template (eth%d)"
-    if char in " \t\n\v\f\r":
+    raw = char.encode()
+    if len(raw) == 1 and raw[0] in KERNEL_SPACE_BYTES:
         return "the kernel refuses white space in interface names"
-    if 0xA0 in char.encode():
+    if any(byte in KERNEL_SPACE_BYTES for byte in raw):  # a multibyte character holding 0xa0
         return "its UTF-8 encoding holds byte 0xa0, which the kernel counts as white space"
     if not char.isprintable():
         # The kernel would take control characters, but they break one-line
