@@ -1,0 +1,304 @@
+"""Watcher: debounce, coalescing, max delay, drift judgement, resync, resilience.
+
+Pure logic: a fake monitor factory, events fed by hand; the kernel side is
+tested in the VM (tests/kernel/test_monitor_*.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from xfrmid.core.views import InterfaceInfo
+from xfrmid.core.watch import Watcher
+from xfrmid.errors import Failed, NotFound
+from xfrmid.kernel.events import AddressEvent, LinkEvent, ResyncEvent, RouteEvent, RuleEvent
+
+QUIET = 0.03
+MAX_DELAY = 0.15
+
+
+def info(name="ipsec1", netns="", ifindex=10, mtu=1400, addresses=(), routes=()) -> InterfaceInfo:
+    return InterfaceInfo(
+        name=name, if_id=1, netns=netns, ifindex=ifindex, link="", mtu=mtu, external=False,
+        operstate="up", owned=True, owners=("conn",), addresses=tuple(addresses),
+        routes=tuple(routes), mark=1, mask=0xFFFFFFFF,
+    )
+
+
+def link(name="ipsec1", ifindex=10, *, netns=None, deleted=False, up=True, mtu=1400, kind="xfrm", managed=True):
+    return LinkEvent(netns, deleted, ifindex, name, kind, up, "up" if up else "down", mtu, 120, managed)
+
+
+class FakeMonitor:
+    def __init__(self, registry, netns, on_event, interest, fail=False):
+        self.netns, self.on_event, self.interest, self.fail = netns, on_event, interest, fail
+        self.started = self.closed = False
+        registry[netns] = self
+
+    async def start(self):
+        self.started = True
+        if self.fail:
+            raise NotFound(f"Network namespace {self.netns!r} does not exist.")
+
+    async def close(self):
+        self.closed = True
+
+
+class Recorder:
+    """The injected reconcile: counts calls, can fail or be slow."""
+
+    def __init__(self):
+        self.calls = 0
+        self.fail_next = 0
+        self.delay = 0.0
+        self.started = asyncio.Event()
+
+    async def __call__(self):
+        self.calls += 1
+        self.started.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise Failed("Dumping links failed: the kernel ran out of memory.")
+        return {"created": 0, "repaired": 1, "adopted": 0, "removed": 0}
+
+
+@pytest.fixture
+async def env():
+    rec = Recorder()
+    monitors: dict = {}
+    missing: set = set()
+
+    def factory(netns, on_event, interest):
+        return FakeMonitor(monitors, netns, on_event, interest, fail=netns in missing)
+
+    w = Watcher(rec, quiet=QUIET, max_delay=MAX_DELAY, monitor_factory=factory)
+    w.set_interfaces([info(addresses=("10.1.0.1/24", "2001:db8::1/64"), routes=(("10.2.0.0/16", 254, ""),))])
+    await w.start()
+    yield w, rec, monitors, missing
+    await w.stop()
+
+
+async def settle(w: Watcher) -> None:
+    await asyncio.sleep(QUIET * 2)
+    await asyncio.wait_for(w.idle(), 5)
+
+
+async def test_burst_of_thousands_costs_one_reconcile(env):
+    w, rec, *_ = env
+    for i in range(5000):
+        w.feed(link(up=i % 2 == 0))  # flapping, the last one (4999) down
+    await settle(w)
+    assert rec.calls == 1
+    assert w.events == 5000 and w.bursts == 1
+
+
+async def test_many_objects_in_one_burst_coalesce(env):
+    w, rec, *_ = env
+    for i in range(3000):
+        w.feed(RouteEvent(None, True, socket.AF_INET, f"10.{i // 256}.{i % 256}.0/24", 254, 120, 10, None, 99))
+    w.feed(link(deleted=True))
+    await settle(w)
+    assert rec.calls == 1
+
+
+async def test_continuous_storm_still_reconciles_every_max_delay(env):
+    w, rec, *_ = env
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 0.6
+    while loop.time() < end:
+        w.feed(link(up=False))
+        await asyncio.sleep(QUIET / 4)  # never quiet long enough to end the burst
+    first = rec.calls
+    await settle(w)
+    # roughly one per max_delay during the storm, not one per event, not none
+    assert 2 <= first <= 6, first
+    assert rec.calls <= first + 1
+
+
+async def test_quiet_single_event_is_prompt(env):
+    w, rec, *_ = env
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    w.feed(link(deleted=True))
+    await asyncio.wait_for(rec.started.wait(), 2)
+    assert loop.time() - t0 < QUIET + 0.1
+
+
+async def test_resync_logs_and_counts(env, caplog):
+    w, rec, *_ = env
+    caplog.set_level(logging.INFO, logger="xfrmid.watch")
+    for _ in range(3):
+        w.feed(ResyncEvent("blue", "netlink socket overrun (ENOBUFS)", overrun=True))
+    await settle(w)
+    assert rec.calls == 1 and w.resyncs == 1 and w.overruns == 3
+    assert "netlink overrun in netns 'blue'; resynchronising" in caplog.text
+
+
+async def test_namespace_replaced_resyncs(env, caplog):
+    w, rec, *_ = env
+    caplog.set_level(logging.INFO, logger="xfrmid.watch")
+    w.feed(ResyncEvent("blue", "namespace created or replaced"))
+    await settle(w)
+    assert rec.calls == 1 and "resynchronising" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        link(deleted=True),
+        link(up=False),
+        link(mtu=1300),
+        link(name="renamed"),  # ifindex 10 under another name
+        link(kind="veth"),  # a foreign device took the managed name
+        AddressEvent(None, True, 10, "10.1.0.1/24", 4242),
+        AddressEvent(None, True, 10, "2001:db8:0::1/64", 0),
+        RouteEvent(None, True, socket.AF_INET, "10.2.0.0/16", 254, 120, 10, None, 4242),
+        RuleEvent(None, True, socket.AF_INET, 100, 50, 120, "192.0.2.1/32", None, 4242),
+    ],
+    ids=["link-del", "link-down", "mtu", "renamed", "name-taken", "addr4-del", "addr6-del", "route-del", "rule-del"],
+)
+async def test_drift_triggers_repair(env, event):
+    w, rec, *_ = env
+    w.feed(event)
+    await settle(w)
+    assert rec.calls == 1
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [link(name="veth7", ifindex=77, kind="veth", managed=False)],  # foreign
+        [link(name="ipsec9", ifindex=99, managed=False, deleted=True)],  # foreign xfrm
+        [link(up=False), link(up=True)],  # xfrmid's own create: down, then up
+        [link(ifindex=9, deleted=True)],  # an older incarnation of ipsec1 going away
+        [AddressEvent(None, False, 10, "10.9.0.1/24", 0)],  # additions are no drift
+        [AddressEvent(None, True, 10, "10.9.0.1/24", 0)],  # an address nobody promised
+        [AddressEvent(None, True, 10, "10.1.0.1/24", 0), AddressEvent(None, False, 10, "10.1.0.1/24", 0)],
+        [RouteEvent(None, True, socket.AF_INET, "10.3.0.0/16", 254, 120, 10, None, 1)],  # released
+        [RouteEvent(None, True, socket.AF_INET, "10.2.0.0/16", 254, 2, 10, None, 1)],  # not ours
+        [RouteEvent(None, False, socket.AF_INET, "10.2.0.0/16", 254, 120, 10, None, 1)],
+        [RuleEvent(None, False, socket.AF_INET, 100, 50, 120, None, None, 1)],
+    ],
+    ids=["foreign-link", "foreign-xfrm", "own-create", "old-incarnation", "addr-added", "addr-unknown",
+         "addr-readded", "route-released", "route-foreign", "route-added", "rule-added"],
+)
+async def test_no_drift_no_reconcile(env, events):
+    w, rec, *_ = env
+    for ev in events:
+        w.feed(ev)
+    await settle(w)
+    assert rec.calls == 0
+    assert w.bursts == 1
+
+
+async def test_judge_off_reconciles_on_anything(env):
+    w, rec, *_ = env
+    w.judge = False
+    w.feed(AddressEvent(None, False, 10, "10.9.0.1/24", 0))
+    await settle(w)
+    assert rec.calls == 1
+
+
+async def test_removed_interface_is_no_longer_drift(env):
+    w, rec, *_ = env
+    w.interface_removed(info())
+    w.feed(link(deleted=True))
+    await settle(w)
+    assert rec.calls == 0
+
+
+async def test_changed_ifindex_follows_the_manager(env):
+    w, rec, *_ = env
+    w.repaired(info(ifindex=11), "recreated")
+    w.feed(link(ifindex=10, deleted=True))  # the old one: not drift
+    await settle(w)
+    assert rec.calls == 0
+    w.feed(link(ifindex=11, deleted=True))
+    await settle(w)
+    assert rec.calls == 1
+
+
+async def test_failing_reconcile_is_logged_and_retried(env, caplog):
+    w, rec, *_ = env
+    caplog.set_level(logging.INFO, logger="xfrmid.watch")
+    w._backoff = 0.05
+    rec.fail_next = 1
+    w.feed(link(deleted=True))
+    await asyncio.sleep(0.4)
+    await asyncio.wait_for(w.idle(), 5)
+    assert rec.calls == 2 and w.failures == 1
+    assert "retrying" in caplog.text
+    # still alive for the next burst
+    w.feed(link(up=False))
+    await settle(w)
+    assert rec.calls == 3
+
+
+async def test_reconcile_raising_anything_never_escapes(env):
+    w, rec, *_ = env
+
+    async def broken():
+        raise RuntimeError("bug")
+
+    w.reconcile = broken
+    w._backoff = 10
+    w.feed(link(deleted=True))
+    await asyncio.sleep(QUIET * 3)
+    assert w.failures == 1
+    w.reconcile = rec
+    w.feed(link(deleted=True))
+    await settle(w)
+    assert rec.calls == 1
+
+
+async def test_events_during_reconcile_get_one_more(env):
+    w, rec, *_ = env
+    rec.delay = 0.2
+    w.feed(link(deleted=True))
+    await asyncio.wait_for(rec.started.wait(), 2)
+    for _ in range(1000):
+        w.feed(link(up=False))
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(w.idle(), 5)
+    assert rec.calls == 2
+
+
+async def test_garbage_event_is_dropped_not_raised(env, caplog):
+    w, rec, *_ = env
+    w.feed(object())  # type: ignore[arg-type]
+    assert "dropping event" in caplog.text
+    w.feed(link(deleted=True))
+    await settle(w)
+    assert rec.calls == 1
+
+
+async def test_monitors_follow_the_namespaces_in_use(env):
+    w, rec, monitors, missing = env
+    assert set(monitors) == {None} and monitors[None].started
+    assert monitors[None].interest.names == {"ipsec1"} and 10 in monitors[None].interest.indexes
+    w.interface_added(info(name="ipsec2", netns="blue", ifindex=3))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert monitors["blue"].started and monitors["blue"].interest.names == {"ipsec2"}
+    w.interface_removed(info(name="ipsec2", netns="blue", ifindex=3))
+    await asyncio.sleep(0)
+    assert monitors["blue"].closed
+    # the daemon's own namespace is always watched
+    w.interface_removed(info())
+    await asyncio.sleep(0)
+    assert not monitors[None].closed
+
+
+async def test_missing_namespace_is_logged_not_raised(env, caplog):
+    w, rec, monitors, missing = env
+    missing.add("gone")
+    w.watch_netns("gone")
+    await asyncio.sleep(0.01)
+    assert monitors["gone"].started
+    assert "cannot monitor netns 'gone' yet" in caplog.text

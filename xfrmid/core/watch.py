@@ -1,0 +1,437 @@
+"""Drift repair while running: netlink events -> debounced reconcile.
+
+The Watcher keeps one kernel monitor per namespace that holds managed
+interfaces (and always the daemon's own), collects their events and, once
+things are quiet for ``quiet`` seconds (or at the latest ``max_delay`` after
+the first event of a burst), decides whether anything it saw breaks a promise:
+
+- a managed link deleted, set down, renamed, given another MTU;
+- an address, or a route xfrmid installed, deleted from a managed link;
+- a rule carrying xfrmid's marker deleted;
+- the event stream lost (socket overrun, namespace replaced): always.
+
+Only then it awaits the injected ``reconcile`` (the manager's): a storm of
+thousands of events costs one reconcile, and xfrmid's own changes (which
+also produce events) cost none. Only the last event per object counts, so a
+link created down and then set up by xfrmid is not mistaken for drift.
+
+It learns what is managed from the manager's listener calls (it implements
+``ManagerListener``), and never raises into its caller: failures of the
+reconcile are logged and retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from ..kernel.events import (
+    AddressEvent,
+    Event,
+    Interest,
+    LinkEvent,
+    ResyncEvent,
+    RouteEvent,
+    RuleEvent,
+)
+from ..kernel.objects import XFRMID_PROTO
+from .views import InterfaceInfo
+
+log = logging.getLogger("xfrmid.watch")
+
+Reconcile = Callable[[], Awaitable[dict[str, int]]]
+QUIET = 0.1  # seconds without events that end a burst
+MAX_DELAY = 1.0  # a continuous storm still reconciles this often
+MAX_PENDING = 100_000  # distinct objects remembered per burst; beyond: just reconcile
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+
+
+class Monitor(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+MonitorFactory = Callable[[str | None, Callable[[Event], None], Interest], Monitor]
+
+
+def _default_factory(netns: str | None, on_event: Callable[[Event], None], interest: Interest) -> Monitor:
+    from ..kernel.monitor import NetnsMonitor
+
+    return NetnsMonitor(netns, on_event, interest)
+
+
+def _label(netns: str | None) -> str:
+    return repr(netns) if netns else "<own>"
+
+
+def _key(ev: Event) -> tuple:
+    """The object an event is about: later events on it supersede earlier ones."""
+    if isinstance(ev, LinkEvent):
+        return ("link", ev.netns, ev.ifindex)
+    if isinstance(ev, AddressEvent):
+        return ("addr", ev.netns, ev.ifindex, ev.address)
+    if isinstance(ev, RouteEvent):
+        return ("route", ev.netns, ev.family, ev.dst, ev.table, ev.metric)
+    if isinstance(ev, RuleEvent):
+        return ("rule", ev.netns, ev.family, ev.priority, ev.table, ev.dst, ev.src)
+    return ("resync", ev.netns)
+
+
+def _iface(text: str) -> str:
+    try:
+        return ipaddress.ip_interface(text).with_prefixlen
+    except ValueError:
+        return text
+
+
+def _network(text: str) -> str:
+    try:
+        return ipaddress.ip_network(text, strict=False).with_prefixlen
+    except ValueError:
+        return text
+
+
+class Watcher:
+    """Turns kernel events into calls of ``reconcile``; see the module doc."""
+
+    def __init__(
+        self,
+        reconcile: Reconcile,
+        *,
+        quiet: float = QUIET,
+        max_delay: float = MAX_DELAY,
+        monitor_factory: MonitorFactory = _default_factory,
+        judge: bool = True,
+    ) -> None:
+        self.reconcile = reconcile
+        self.quiet = quiet
+        self.max_delay = max(max_delay, quiet)
+        self.judge = judge  # False: every event the monitors pass triggers a reconcile
+        self._factory = monitor_factory
+        self._infos: dict[tuple[str | None, str], InterfaceInfo] = {}
+        self._names: dict[tuple[str | None, int], str] = {}  # (netns, ifindex) -> name
+        self._routes: set[tuple[str | None, str, int]] | None = None  # built per burst
+        self._interest: dict[str | None, Interest] = {}
+        self._monitors: dict[str | None, Monitor] = {}
+        self._extra_netns: set[str | None] = {None}
+        self._pending: dict[tuple, Event] = {}
+        self._overflow = False
+        self._first = self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = asyncio.Event()
+        self._retry = False  # a failed reconcile is due again
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._backoff = RETRY_FIRST
+        self._runner: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._busy = False
+        self._started = False
+        # counters
+        self.events = 0  # events received from the monitors
+        self.bursts = 0  # debounced batches judged
+        self.reconciles = 0  # reconcile calls made
+        self.resyncs = 0  # of which caused by a lost event stream
+        self.failures = 0  # reconcile calls that raised
+        self.overruns = 0  # overrun events seen
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start monitoring the namespaces in use; returns once they are subscribed."""
+        self._started = True
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name="xfrmid-watch")
+        await asyncio.gather(*(self._start_monitor(ns) for ns in self._wanted_netns()))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop monitors and the runner; a reconcile in progress gets ``timeout`` seconds."""
+        self._started = False
+        for handle in (self._timer, self._retry_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._retry_handle = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            if self._busy:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._idle_runner()), timeout)
+                except asyncio.TimeoutError:
+                    log.warning("stopping while a reconcile is still running")
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        monitors, self._monitors = self._monitors, {}
+        for monitor in monitors.values():
+            try:
+                await monitor.close()
+            except Exception:
+                log.exception("closing a monitor failed")
+
+    async def _idle_runner(self) -> None:
+        while self._busy:
+            await asyncio.sleep(0.01)
+
+    async def idle(self) -> None:
+        """Wait until no events are pending and no reconcile runs (tests, benchmarks)."""
+        while self._pending or self._overflow or self._busy or self._due.is_set() or self._retry:
+            await asyncio.sleep(min(self.quiet, 0.02))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "bursts": self.bursts,
+            "reconciles": self.reconciles,
+            "resyncs": self.resyncs,
+            "failures": self.failures,
+            "overruns": self.overruns,
+        }
+
+    # -- what is managed (ManagerListener) -----------------------------------
+
+    def set_interfaces(self, infos: Iterable[InterfaceInfo]) -> None:
+        """Replace everything known, e.g. with the manager's views after the start-up reconcile."""
+        self._infos.clear()
+        self._names.clear()
+        for interest in self._interest.values():
+            interest.names.clear()
+            interest.indexes.clear()
+        for info in infos:
+            self._remember(info)
+        self._sync_monitors()
+
+    def interface_added(self, info: InterfaceInfo) -> None:
+        self._remember(info)
+        self._sync_monitors()
+
+    def interface_changed(self, info: InterfaceInfo) -> None:
+        self._remember(info)
+        self._sync_monitors()
+
+    def repaired(self, info: InterfaceInfo, what: str) -> None:
+        self._remember(info)
+        self._sync_monitors()
+
+    def interface_removed(self, info: InterfaceInfo) -> None:
+        netns = info.netns or None
+        old = self._infos.pop((netns, info.name), None)
+        interest = self._interest.get(netns)
+        for idx in {info.ifindex, old.ifindex if old else 0} - {0}:
+            if self._names.get((netns, idx)) == info.name:
+                del self._names[(netns, idx)]
+            if interest is not None:
+                interest.indexes.discard(idx)
+        if interest is not None:
+            interest.names.discard(info.name)
+        self._sync_monitors()
+
+    def watch_netns(self, netns: str | None) -> None:
+        """Monitor a namespace even while no managed interface lives there."""
+        self._extra_netns.add(netns or None)
+        self._sync_monitors()
+
+    def unwatch_netns(self, netns: str | None) -> None:
+        if netns:
+            self._extra_netns.discard(netns)
+            self._sync_monitors()
+
+    def _remember(self, info: InterfaceInfo) -> None:
+        netns = info.netns or None
+        old = self._infos.get((netns, info.name))
+        self._infos[(netns, info.name)] = info
+        interest = self._interest_of(netns)
+        interest.names.add(info.name)
+        if old is not None and old.ifindex and old.ifindex != info.ifindex:
+            interest.indexes.discard(old.ifindex)
+            self._names.pop((netns, old.ifindex), None)
+        if info.ifindex > 0:
+            interest.indexes.add(info.ifindex)
+            self._names[(netns, info.ifindex)] = info.name
+
+    def _interest_of(self, netns: str | None) -> Interest:
+        interest = self._interest.get(netns)
+        if interest is None:
+            interest = self._interest[netns] = Interest()
+        return interest
+
+    def _wanted_netns(self) -> set[str | None]:
+        return self._extra_netns | {netns for netns, _name in self._infos}
+
+    def _sync_monitors(self) -> None:
+        if not self._started:
+            return
+        wanted = self._wanted_netns()
+        for netns in wanted - set(self._monitors):
+            self._spawn(self._start_monitor(netns))
+        for netns in set(self._monitors) - wanted:
+            monitor = self._monitors.pop(netns)
+            self._spawn(monitor.close())
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_monitor(self, netns: str | None) -> None:
+        if netns in self._monitors:
+            return
+        monitor = self._factory(netns, self.feed, self._interest_of(netns))
+        self._monitors[netns] = monitor
+        try:
+            await monitor.start()
+        except Exception as exc:
+            # a missing namespace is watched for; the monitor resyncs when it appears
+            log.warning("cannot monitor netns %s yet: %s", _label(netns), exc)
+
+    # -- events -> debounced reconcile ---------------------------------------
+
+    def feed(self, ev: Event) -> None:
+        """Take one event (the monitors' callback); cheap, never raises."""
+        try:
+            self.events += 1
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if not self._pending and not self._overflow:
+                self._first = now
+            self._last = now
+            if isinstance(ev, ResyncEvent) and ev.overrun:
+                self.overruns += 1
+            if len(self._pending) < MAX_PENDING:
+                self._pending[_key(ev)] = ev
+            else:
+                self._overflow = True
+            if self._timer is None and not self._busy:
+                self._timer = loop.call_at(now + self.quiet, self._tick)
+        except Exception:
+            log.exception("dropping event %r", ev)
+
+    def _tick(self) -> None:
+        """Timer: fire once quiet for ``quiet`` s, or ``max_delay`` after a burst began."""
+        self._timer = None
+        if self._busy:
+            return  # the runner looks again when it is done
+        if not (self._pending or self._overflow):
+            if self._retry:
+                self._due.set()
+            return
+        loop = asyncio.get_running_loop()
+        due = min(self._last + self.quiet, self._first + self.max_delay)
+        if loop.time() + 0.001 < due:
+            self._timer = loop.call_at(due, self._tick)
+        else:
+            self._due.set()
+
+    def _retry_now(self) -> None:
+        self._retry_handle = None
+        self._retry = True
+        if self._timer is None:
+            self._tick()
+
+    async def _run(self) -> None:
+        while True:
+            await self._due.wait()
+            self._due.clear()
+            pending, overflow, retry = self._pending, self._overflow, self._retry
+            self._pending, self._overflow, self._retry = {}, False, False
+            self._busy = True
+            try:
+                await self._burst(list(pending.values()), overflow, retry)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watcher must outlive any bug below
+                log.exception("drift repair failed")
+            finally:
+                self._busy = False
+            if self._timer is None:
+                self._tick()  # events that came during the reconcile
+
+    async def _burst(self, events: list[Event], overflow: bool, retry: bool) -> None:
+        self.bursts += 1
+        resync = [ev for ev in events if isinstance(ev, ResyncEvent)]
+        for netns in sorted({ev.netns or "" for ev in resync}):
+            evs = [ev for ev in resync if (ev.netns or "") == netns]
+            if any(ev.overrun for ev in evs):
+                log.warning("netlink overrun in netns %s; resynchronising", _label(netns or None))
+            else:
+                log.info("netns %s: %s; resynchronising", _label(netns or None), evs[-1].reason)
+        self._routes = None
+        drift = [ev for ev in events if self._is_drift(ev)]
+        if not (drift or overflow or retry):
+            log.debug("%d events, no drift", len(events))
+            return
+        if resync or overflow:
+            self.resyncs += 1
+        why = f"{len(drift)} drift events" + (" (event burst overflowed)" if overflow else "")
+        if retry and not drift and not overflow:
+            why = "retrying a failed repair"
+        log.debug("reconciling: %s, first %r", why, drift[:1])
+        self.reconciles += 1
+        try:
+            counts = await self.reconcile()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            self._retry_handle = asyncio.get_running_loop().call_later(self._backoff, self._retry_now)
+            log.error("repair after kernel changes failed (%s); retrying in %.0f s", exc, self._backoff,
+                      exc_info=not _is_xfrmid_error(exc))
+            self._backoff = min(self._backoff * 2, RETRY_MAX)
+            return
+        self._backoff = RETRY_FIRST
+        done = {k: v for k, v in (counts or {}).items() if v}
+        if done:
+            log.info("repaired after kernel changes: %s", ", ".join(f"{k} {v}" for k, v in sorted(done.items())))
+        else:
+            log.debug("reconcile after %s found nothing to repair", why)
+
+    # -- what counts as drift ---------------------------------------------
+
+    def _is_drift(self, ev: Event) -> bool:
+        if isinstance(ev, ResyncEvent) or not self.judge:
+            return True
+        if isinstance(ev, LinkEvent):
+            return self._link_drift(ev)
+        if isinstance(ev, AddressEvent):
+            if not ev.deleted:
+                return False  # additions never break a promise
+            info = self._by_index(ev.netns, ev.ifindex)
+            return info is not None and _iface(ev.address) in {_iface(a) for a in info.addresses}
+        if isinstance(ev, RouteEvent):
+            if not ev.deleted or ev.protocol != XFRMID_PROTO:
+                return False
+            if self._routes is None:
+                self._routes = {
+                    (netns, _network(dst), table)
+                    for (netns, _name), info in self._infos.items()
+                    for dst, table, _src in info.routes
+                }
+            return (ev.netns, ev.dst, ev.table) in self._routes
+        if isinstance(ev, RuleEvent):
+            # no view lists rules: any rule of ours deleted is worth a look
+            return ev.deleted and ev.protocol == XFRMID_PROTO
+        return True
+
+    def _link_drift(self, ev: LinkEvent) -> bool:
+        info = self._infos.get((ev.netns, ev.ifname))
+        if info is None:
+            # a managed link renamed away is drift; anything else is not ours
+            return not ev.deleted and self._by_index(ev.netns, ev.ifindex) is not None
+        if ev.deleted:
+            # an older incarnation going away (xfrmid recreated it) is not
+            return info.ifindex in (0, ev.ifindex)
+        if ev.kind is not None and ev.kind != "xfrm":
+            return True  # a foreign device took a managed name
+        return not ev.up or bool(info.mtu and ev.mtu != info.mtu)
+
+    def _by_index(self, netns: str | None, ifindex: int) -> InterfaceInfo | None:
+        name = self._names.get((netns, ifindex))
+        return None if name is None else self._infos.get((netns, name))
+
+
+def _is_xfrmid_error(exc: BaseException) -> bool:
+    from ..errors import XfrmidError
+
+    return isinstance(exc, XfrmidError)
