@@ -88,6 +88,7 @@ def test_security_score_beats_networkd():
 def test_documented_score_is_the_measured_one():
     page = (TOP / "man" / "xfrmid.8").read_text()
     assert f"rates its exposure {exposure(UNIT)}" in page
+    assert f"**{exposure(UNIT)}**, against 2.8" in (TOP / "README.md").read_text()
 
 
 def test_service_basics():
