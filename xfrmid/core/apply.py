@@ -7,6 +7,7 @@ operations, so they are skipped here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import NotFound, XfrmidError
@@ -78,11 +79,14 @@ async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
     return None
 
 
-async def apply(kernel: KernelBackend, actions: list[Action], *, strict: bool) -> ApplyResult:
+async def apply(
+    kernel: KernelBackend, actions: list[Action], *, strict: bool | Callable[[Action], bool]
+) -> ApplyResult:
     """Run the kernel actions in order.
 
-    ``strict``: stop at the first failure and raise it (a caller's request);
-    otherwise log it and go on (a reconcile repairs what it can).
+    A failure of a strict action stops the run and is raised (what the caller asked
+    for cannot be done); any other failure is logged and the run goes on (a reconcile
+    repairs what it can, and a caller is not failed for an unrelated repair).
     """
     result = ApplyResult()
     for action in actions:
@@ -91,7 +95,7 @@ async def apply(kernel: KernelBackend, actions: list[Action], *, strict: bool) -
         try:
             state = await run_action(kernel, action)
         except XfrmidError as exc:
-            if strict:
+            if strict is True or (callable(strict) and strict(action)):
                 raise
             log.warning("failed (%s): %s", action.detail, exc)
             result.failed.append((action, exc))

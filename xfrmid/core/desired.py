@@ -201,7 +201,7 @@ class DesiredState:
         """Forget an interface; its addresses become retired (removed unless the link goes too)."""
         iface = self.interfaces.pop(key, None)
         if iface is not None:
-            self._retire(iface, iface.addresses())
+            self.retire(iface, iface.addresses())
         return iface
 
     def attach(self, key: Key, owner: str, caller: str | None) -> bool:
@@ -220,7 +220,7 @@ class DesiredState:
         iface = self.interfaces[key]
         gone = iface.owners.pop(owner, None)
         if gone is not None:
-            self._retire(iface, gone.addresses)
+            self.retire(iface, gone.addresses)
         return gone
 
     def add_address(self, key: Key, owner: str, cidr: str, *, on_link: bool) -> bool:
@@ -253,7 +253,7 @@ class DesiredState:
         if holder is None or cidr not in holder.addresses:
             return False
         holder.addresses.discard(cidr)
-        self._retire(iface, {cidr})
+        self.retire(iface, {cidr})
         return True
 
     def add_route(self, key: Key, owner: str, request: RouteRequest) -> bool:
@@ -272,7 +272,8 @@ class DesiredState:
         holder.routes -= gone
         return len(gone)
 
-    def _retire(self, iface: DesiredInterface, addresses: set[str]) -> None:
+    def retire(self, iface: DesiredInterface, addresses: set[str]) -> None:
+        """``addresses`` lost a holder: the ones nobody holds now are to be removed from the link."""
         still = iface.addresses() if iface.key in self.interfaces else set()
         for cidr in addresses - still:
             if cidr in iface.preexisting:

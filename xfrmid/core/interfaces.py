@@ -46,6 +46,8 @@ def check_static(static: StaticInterface, settings: Settings) -> DesiredInterfac
 def same_link(iface: DesiredInterface, if_id: int, link: str | None, external: bool, settings: Settings) -> None:
     """CreateInterface of a kept interface must describe it as it is (Conflict otherwise)."""
     name, at = iface.name, where(iface.netns)
+    if if_id:
+        resolve(name, if_id, settings.name_policy)  # the name's own if_id first: InvalidArgument
     if if_id and if_id != iface.if_id:
         raise Conflict(f"Interface {name!r}{at} exists with if_id {iface.if_id}, not {if_id}.")
     if link is not None and link != iface.link:

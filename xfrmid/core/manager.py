@@ -126,8 +126,9 @@ class Manager:
             wanted[iface.key] = iface
         for key, iface in list(self.desired.interfaces.items()):
             if iface.static and key not in wanted:
+                dropped = iface.static_addresses
                 iface.static, iface.static_addresses = False, set()
-                self.desired._retire(iface, set(self.desired.retired.get(key, ())) | iface.addresses())
+                self.desired.retire(iface, dropped)
                 if not iface.wanted:
                     self.desired.drop(key)
         for key, new in wanted.items():
@@ -145,7 +146,7 @@ class Manager:
             old.link = new.link if new.link is not None else old.link
             old.mtu = new.mtu if new.mtu is not None else old.mtu
             old.linger_until = None
-            self.desired._retire(old, dropped)
+            self.desired.retire(old, dropped)
 
     # --- queries -------------------------------------------------------------
 

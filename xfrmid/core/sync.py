@@ -20,8 +20,8 @@ from ..kernel.objects import LinkState
 from .apply import ApplyResult, apply, snapshot
 from .desired import DesiredInterface, Key
 from .info import peer_policy
-from .plan import Action, KernelView, PlanInput, Scope, plan_netns, summarise
-from .routes_policy import PeerPolicy
+from .plan import Action, KernelView, PlanInput, Scope, plan_netns, rule_key, summarise
+from .routes_policy import PeerPolicy, route_key
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -40,6 +40,19 @@ class SavePoint:
     iface: DesiredInterface | None
     retired: set[str] | None
     marks: frozenset[int]
+
+
+_LINK_OPS = ("create_link", "recreate_link", "change_link")
+
+
+def _tag(action: Action) -> tuple | None:
+    if action.op == "add_address":
+        return ("address", action.address.cidr)
+    if action.op == "add_route":
+        return ("route", route_key(action.route))
+    if action.op == "add_rule":
+        return ("rule", rule_key(action.rule))
+    return None
 
 
 def _sentence(detail: str) -> str:
@@ -71,8 +84,26 @@ class Syncer:
 
     # --- one call --------------------------------------------------------------
 
+    def objects(self, key: Key) -> frozenset[tuple]:
+        """What the desired state of ``key`` puts in the kernel, as comparable tags."""
+        iface = self.m.desired.get(key)
+        if iface is None:
+            return frozenset()
+        routes, rules = iface.kernel_routes(self.m.settings.name_policy.mark_mask, self.peer)
+        return frozenset(
+            {("link", iface.link_spec(self.m.settings.default_mtu), iface.owned)}
+            | {("address", a) for a in iface.addresses()}
+            | {("route", route_key(r)) for r in routes}
+            | {("rule", rule_key(q)) for q in rules}
+        )
+
     async def change(self, key: Key, mutate: Callable[[], object]) -> None:
-        """Apply ``mutate`` to the desired state, persist, sync the kernel; undo all on failure."""
+        """Apply ``mutate`` to the desired state, persist, sync the kernel; undo all on failure.
+
+        Only what the change adds must succeed in the kernel (its ``delta``): a Detach
+        always goes through, and an AddAddress is not failed because another owner's
+        route cannot be repaired just now (reconcile keeps trying those).
+        """
         desired = self.m.desired
         current = desired.get(key)
         saved = SavePoint(
@@ -81,15 +112,17 @@ class Syncer:
             retired=copy.deepcopy(desired.retired.get(key)),
             marks=frozenset({current.if_id} if current else ()),
         )
+        before = self.objects(key)
         try:
             mutate()
+            delta = self.objects(key) - before
             await self.m.persist()
-            await self.sync(key, saved.marks, strict=True)
+            await self.sync(key, saved.marks, delta=delta)
         except XfrmidError:
             self._restore(saved)
             try:
                 await self.m.persist()
-                await self.sync(key, saved.marks, strict=True)
+                await self.sync(key, saved.marks, delta=frozenset())
             except XfrmidError as exc:
                 log.warning("could not undo a failed change of %s: %s", key[1], exc)
             self.m.publish(key)
@@ -106,16 +139,33 @@ class Syncer:
         else:
             desired.retired[saved.key] = saved.retired
 
-    async def sync(self, key: Key, marks: frozenset[int] = frozenset(), *, strict: bool) -> list[Action]:
-        """Make the kernel match the desired state for one interface; the actions done."""
+    async def sync(
+        self, key: Key, marks: frozenset[int] = frozenset(), *, delta: frozenset[tuple] | None = None
+    ) -> list[Action]:
+        """Make the kernel match the desired state for one interface; the actions done.
+
+        ``delta``: what the calling change added; actions for it must succeed (raise),
+        the rest is best effort. None: all best effort (reconcile).
+        """
         netns, name = key
         iface = self.m.desired.get(key)
         scope = Scope(frozenset({name}), frozenset(marks | ({iface.if_id} if iface else set())))
+        must = bool(delta)
+
+        def strict(action: Action) -> bool:
+            return must and (action.op in _LINK_OPS or _tag(action) in delta)
+
         done: list[Action] = []
         for _ in range(MAX_PASSES):
-            view = await snapshot(self.m.kernel, netns, {name})
+            try:
+                view = await snapshot(self.m.kernel, netns, {name})
+            except XfrmidError as exc:
+                if must:
+                    raise
+                log.warning("could not sync %s: %s", name, exc)
+                return done
             actions = plan_netns(self._input(netns, view, scope))
-            dirty = self._decide(netns, actions, strict)
+            dirty = self._decide(netns, actions, strict=must)
             result = await apply(self.m.kernel, actions, strict=strict)
             self._remember(netns, {name}, view, result)
             done += result.done + [a for a in actions if a.op == "adopt"]
@@ -128,7 +178,7 @@ class Syncer:
         return done
 
     async def reconcile_one(self, key: Key) -> dict[str, int]:
-        done = await self.sync(key, strict=False)
+        done = await self.sync(key)
         self._report_repairs(key[0], done)
         self.m.publish(key)
         return summarise(done)
