@@ -302,3 +302,58 @@ async def test_missing_namespace_is_logged_not_raised(env, caplog):
     await asyncio.sleep(0.01)
     assert monitors["gone"].started
     assert "cannot monitor netns 'gone' yet" in caplog.text
+
+
+class One:
+    def __init__(self, fail=False):
+        self.calls: list[tuple[str, str | None]] = []
+        self.fail = fail
+
+    async def __call__(self, name, netns):
+        self.calls.append((name, netns))
+        if self.fail:
+            raise NotFound(f"Interface {name!r} is not managed by xfrmid.")
+        return {"repaired": 1}
+
+
+async def test_few_known_interfaces_are_repaired_one_by_one(env):
+    w, rec, *_ = env
+    one = w.reconcile_one = One()
+    w.interface_added(info(name="ipsec2", netns="blue", ifindex=3, routes=(("10.8.0.0/16", 1000, ""),)))
+    w.feed(link(deleted=True))
+    w.feed(AddressEvent(None, True, 10, "10.1.0.1/24", 0))
+    w.feed(RouteEvent("blue", True, socket.AF_INET, "10.8.0.0/16", 1000, 120, 3, None, 1))
+    await settle(w)
+    assert sorted(one.calls, key=str) == [("ipsec1", None), ("ipsec2", "blue")]
+    assert rec.calls == 0 and w.repairs == 2
+
+
+@pytest.mark.parametrize("event", [
+    ResyncEvent(None, "netlink socket overrun (ENOBUFS)", overrun=True),
+    RuleEvent(None, True, socket.AF_INET, 100, 50, 120, "192.0.2.1/32", None, 1),
+], ids=["resync", "rule"])
+async def test_unattributable_drift_gets_a_full_reconcile(env, event):
+    w, rec, *_ = env
+    one = w.reconcile_one = One()
+    w.feed(link(deleted=True))
+    w.feed(event)
+    await settle(w)
+    assert rec.calls == 1 and one.calls == []
+
+
+async def test_many_interfaces_get_one_full_reconcile(env):
+    w, rec, *_ = env
+    one = w.reconcile_one = One()
+    w.set_interfaces([info(name=f"ipsec{i}", ifindex=100 + i) for i in range(40)])
+    for i in range(40):
+        w.feed(link(name=f"ipsec{i}", ifindex=100 + i, deleted=True))
+    await settle(w)
+    assert rec.calls == 1 and one.calls == []
+
+
+async def test_failing_single_repair_falls_back_to_full(env):
+    w, rec, *_ = env
+    w.reconcile_one = One(fail=True)
+    w.feed(link(deleted=True))
+    await settle(w)
+    assert rec.calls == 1 and w.failures == 0

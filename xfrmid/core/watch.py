@@ -10,10 +10,13 @@ the first event of a burst), decides whether anything it saw breaks a promise:
 - a rule carrying xfrmid's marker deleted;
 - the event stream lost (socket overrun, namespace replaced): always.
 
-Only then it awaits the injected ``reconcile`` (the manager's): a storm of
-thousands of events costs one reconcile, and xfrmid's own changes (which
-also produce events) cost none. Only the last event per object counts, so a
-link created down and then set up by xfrmid is not mistaken for drift.
+Only then it repairs: with the injected ``reconcile_one(name, netns)`` (the
+manager's ``reconcile_interface``) when the drift concerns a few known
+interfaces, else with the injected ``reconcile`` (a full one; always after a
+resync or a deleted rule). A storm of thousands of events costs one repair,
+and xfrmid's own changes (which also produce events) cost none. Only the
+last event per object counts, so a link created down and then set up by
+xfrmid is not mistaken for drift.
 
 It learns what is managed from the manager's listener calls (it implements
 ``ManagerListener``), and never raises into its caller: failures of the
@@ -43,6 +46,8 @@ from .views import InterfaceInfo
 log = logging.getLogger("xfrmid.watch")
 
 Reconcile = Callable[[], Awaitable[dict[str, int]]]
+ReconcileOne = Callable[[str, "str | None"], Awaitable[dict[str, int]]]  # (name, netns)
+ONE_BY_ONE_MAX = 16  # drift on more interfaces than this: one full reconcile instead
 QUIET = 0.1  # seconds without events that end a burst
 MAX_DELAY = 1.0  # a continuous storm still reconciles this often
 MAX_PENDING = 100_000  # distinct objects remembered per burst; beyond: just reconcile
@@ -101,19 +106,21 @@ class Watcher:
         self,
         reconcile: Reconcile,
         *,
+        reconcile_one: ReconcileOne | None = None,
         quiet: float = QUIET,
         max_delay: float = MAX_DELAY,
         monitor_factory: MonitorFactory = _default_factory,
         judge: bool = True,
     ) -> None:
         self.reconcile = reconcile
+        self.reconcile_one = reconcile_one
         self.quiet = quiet
         self.max_delay = max(max_delay, quiet)
         self.judge = judge  # False: every event the monitors pass triggers a reconcile
         self._factory = monitor_factory
         self._infos: dict[tuple[str | None, str], InterfaceInfo] = {}
         self._names: dict[tuple[str | None, int], str] = {}  # (netns, ifindex) -> name
-        self._routes: set[tuple[str | None, str, int]] | None = None  # built per burst
+        self._routes: dict[tuple[str | None, str, int], str] | None = None  # -> name; built per burst
         self._interest: dict[str | None, Interest] = {}
         self._monitors: dict[str | None, Monitor] = {}
         self._extra_netns: set[str | None] = {None}
@@ -132,7 +139,8 @@ class Watcher:
         # counters
         self.events = 0  # events received from the monitors
         self.bursts = 0  # debounced batches judged
-        self.reconciles = 0  # reconcile calls made
+        self.reconciles = 0  # full reconcile calls made
+        self.repairs = 0  # reconcile_one calls made
         self.resyncs = 0  # of which caused by a lost event stream
         self.failures = 0  # reconcile calls that raised
         self.overruns = 0  # overrun events seen
@@ -185,6 +193,7 @@ class Watcher:
             "events": self.events,
             "bursts": self.bursts,
             "reconciles": self.reconciles,
+            "repairs": self.repairs,
             "resyncs": self.resyncs,
             "failures": self.failures,
             "overruns": self.overruns,
@@ -364,13 +373,13 @@ class Watcher:
             return
         if resync or overflow:
             self.resyncs += 1
-        why = f"{len(drift)} drift events" + (" (event burst overflowed)" if overflow else "")
-        if retry and not drift and not overflow:
-            why = "retrying a failed repair"
-        log.debug("reconciling: %s, first %r", why, drift[:1])
-        self.reconciles += 1
+        targets = None if (overflow or retry) else self._targets(drift)
         try:
-            counts = await self.reconcile()
+            if targets is not None:
+                counts = await self._repair_each(targets)
+            else:
+                self.reconciles += 1
+                counts = await self.reconcile()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -385,7 +394,46 @@ class Watcher:
         if done:
             log.info("repaired after kernel changes: %s", ", ".join(f"{k} {v}" for k, v in sorted(done.items())))
         else:
-            log.debug("reconcile after %s found nothing to repair", why)
+            log.debug("%d drift events: nothing to repair", len(drift))
+
+    def _targets(self, drift: list[Event]) -> set[tuple[str | None, str]] | None:
+        """The interfaces the drift is about, when there are few and all are known; else None."""
+        if self.reconcile_one is None:
+            return None
+        targets: set[tuple[str | None, str]] = set()
+        for ev in drift:
+            name = None
+            if isinstance(ev, LinkEvent):
+                info = self._infos.get((ev.netns, ev.ifname)) or self._by_index(ev.netns, ev.ifindex)
+                name = info.name if info else None
+            elif isinstance(ev, AddressEvent):
+                info = self._by_index(ev.netns, ev.ifindex)
+                name = info.name if info else None
+            elif isinstance(ev, RouteEvent) and self._routes is not None:
+                name = self._routes.get((ev.netns, ev.dst, ev.table))
+            if name is None:
+                return None  # rules, resyncs: only a full reconcile knows
+            targets.add((ev.netns, name))
+            if len(targets) > ONE_BY_ONE_MAX:
+                return None
+        return targets
+
+    async def _repair_each(self, targets: set[tuple[str | None, str]]) -> dict[str, int]:
+        assert self.reconcile_one is not None
+        totals: dict[str, int] = {}
+        for netns, name in sorted(targets, key=lambda k: (k[0] or "", k[1])):
+            self.repairs += 1
+            try:
+                counts = await self.reconcile_one(name, netns)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. it stopped being managed meanwhile: look at everything
+                log.info("repairing %r alone failed (%s); reconciling everything", name, exc)
+                self.reconciles += 1
+                return await self.reconcile()
+            for key, value in (counts or {}).items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
 
     # -- what counts as drift ---------------------------------------------
 
@@ -404,8 +452,8 @@ class Watcher:
                 return False
             if self._routes is None:
                 self._routes = {
-                    (netns, _network(dst), table)
-                    for (netns, _name), info in self._infos.items()
+                    (netns, _network(dst), table): name
+                    for (netns, name), info in self._infos.items()
                     for dst, table, _src in info.routes
                 }
             return (ev.netns, ev.dst, ev.table) in self._routes
