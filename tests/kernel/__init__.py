@@ -1,0 +1,1 @@
+"""Kernel tests: run as root inside the test VM (tests/vm/run)."""

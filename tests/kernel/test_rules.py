@@ -1,0 +1,103 @@
+"""Policy rules (not fwmark X/M, both families) and the design notes' pair, on a real kernel."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from xfrmid.errors import InvalidArgument
+from xfrmid.kernel.objects import AddressSpec, LinkSpec, RouteSpec, RuleSpec
+
+from .conftest import ip, ip_run
+
+PEER_RULE = RuleSpec(priority=100, table=50, family=socket.AF_INET, dst="192.1.2.23/32",
+                     fwmark=1, fwmask=0xFFFFFFFF, invert=True)
+
+
+def rules(netns: str, family: str = "-4") -> list[dict]:
+    return [r for r in ip(family, "rule", "show", netns=netns) if r["priority"] not in (0, 32766, 32767)]
+
+
+async def test_not_fwmark_rule(kernel, netns):
+    spec = RuleSpec(priority=200, table=60, family=socket.AF_INET, fwmark=0x10, fwmask=0xF0, invert=True)
+    await kernel.add_rule(netns, spec)
+    assert await kernel.own_rules(netns) == {spec}
+    (shown,) = rules(netns)
+    assert shown["priority"] == 200 and "not" in shown
+    assert (shown["fwmark"], shown["fwmask"], shown["table"], shown["protocol"]) == ("0x10", "0xf0", "60", "xfrmid")
+
+
+async def test_ipv6_rule_from_prefix(kernel, netns):
+    spec = RuleSpec(priority=300, table=1000, family=socket.AF_INET6, src="2001:db8::/32")
+    await kernel.add_rule(netns, spec)
+    assert await kernel.own_rules(netns) == {spec}
+    (shown,) = rules(netns, "-6")
+    assert (shown["src"], shown["srclen"], shown["table"], shown["protocol"]) == ("2001:db8::", 32, "1000", "xfrmid")
+
+
+async def test_fwmark_without_mask_gets_full_mask(kernel, netns):
+    await kernel.add_rule(netns, RuleSpec(priority=301, table=61, family=socket.AF_INET, fwmark=3))
+    assert await kernel.own_rules(netns) == {
+        RuleSpec(priority=301, table=61, family=socket.AF_INET, fwmark=3, fwmask=0xFFFFFFFF)}
+
+
+async def test_rule_add_and_remove_idempotent(kernel, netns):
+    spec = RuleSpec(priority=400, table=62, family=socket.AF_INET, dst="10.0.0.0/8")
+    await kernel.add_rule(netns, spec)
+    await kernel.add_rule(netns, spec)
+    assert await kernel.own_rules(netns) == {spec}
+    await kernel.remove_rule(netns, spec)
+    await kernel.remove_rule(netns, spec)
+    assert await kernel.own_rules(netns) == set() and rules(netns) == []
+
+
+async def test_foreign_rules_left_untouched(kernel, netns):
+    ip_run("rule", "add", "prio", "100", "to", "192.1.2.23/32", "not", "fwmark", "1/0xffffffff",
+           "lookup", "50", netns=netns)
+    assert await kernel.own_rules(netns) == set()
+    await kernel.add_rule(netns, PEER_RULE)
+    assert await kernel.own_rules(netns) == {PEER_RULE}
+    assert len(rules(netns)) == 2
+    await kernel.remove_rule(netns, PEER_RULE)
+    (left,) = rules(netns)
+    assert left["dst"] == "192.1.2.23" and "protocol" not in left
+
+
+async def test_rule_family_mismatch_is_invalid(kernel, netns):
+    with pytest.raises(InvalidArgument, match="2001:db8::/32"):
+        await kernel.add_rule(netns, RuleSpec(priority=1, table=5, family=socket.AF_INET, dst="2001:db8::/32"))
+
+
+async def test_design_notes_peer_pair(kernel, netns):
+    """prio 100 to 192.1.2.23/32 not fwmark 1/0xffffffff lookup 50 + table 50 route via ipsec0."""
+    await kernel.create_link(netns, LinkSpec(name="ipsec0", if_id=16384))
+    await kernel.add_address(netns, AddressSpec("ipsec0", "192.1.3.209/32"))
+    route = RouteSpec(dst="192.1.2.23/32", dev="ipsec0", table=50, src="192.1.3.209")
+    await kernel.add_rule(netns, PEER_RULE)
+    await kernel.add_route(netns, route)
+
+    (rule,) = rules(netns)
+    assert rule == {
+        "priority": 100, "not": None, "src": "all", "dst": "192.1.2.23", "fwmark": "0x1",
+        "table": "50", "protocol": "xfrmid",
+    } or (rule["priority"], rule["dst"], rule["fwmark"], rule["table"], rule["protocol"]) == (
+        100, "192.1.2.23", "0x1", "50", "xfrmid") and "not" in rule
+    (shown,) = ip("route", "show", "table", "50", netns=netns)
+    assert (shown["dst"], shown["dev"], shown["prefsrc"], shown["protocol"]) == (
+        "192.1.2.23", "ipsec0", "192.1.3.209", "xfrmid")
+    text = ip_text("rule", "show", "prio", "100", netns=netns)
+    assert "not from all to 192.1.2.23 fwmark 0x1 lookup 50" in text
+    assert await kernel.own_rules(netns) == {PEER_RULE}
+    assert await kernel.own_routes(netns) == {route}
+    # the pair routes the peer through ipsec0 unless the packet carries the output mark
+    (via,) = ip("route", "get", "192.1.2.23", netns=netns)
+    assert via["dev"] == "ipsec0"
+    (marked,) = ip("route", "get", "192.1.2.23", "mark", "1", netns=netns, check=False) or [{"dev": None}]
+    assert marked.get("dev") != "ipsec0"
+
+
+def ip_text(*args: str, netns: str) -> str:
+    import subprocess
+
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout

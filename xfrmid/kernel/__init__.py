@@ -1,0 +1,109 @@
+"""The kernel layer: XFRM links, addresses, routes and rules over rtnetlink.
+
+``Kernel`` implements ``xfrmid.kernel.backend.KernelBackend`` on pyroute2's
+asyncio API; every method takes the target namespace (a name under
+/run/netns, or None for the daemon's own) and raises only xfrmid.errors.
+Nothing here knows about D-Bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..errors import KernelUnsupported
+from . import addresses as _addresses
+from . import links as _links
+from . import routes as _routes
+from . import rules as _rules
+from .features import Features, probe_features, probe_features_sync
+from .namespace import Namespaces
+from .objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
+
+__all__ = ["Kernel", "Features", "probe_features", "probe_features_sync"]
+
+
+class Kernel:
+    """The real KernelBackend."""
+
+    def __init__(self) -> None:
+        self._ns = Namespaces()
+        self._features: Features | None = None
+        self._probe_lock = asyncio.Lock()
+
+    async def features(self) -> Features:
+        """Probe once, then answer from the cache."""
+        if self._features is None:
+            async with self._probe_lock:
+                if self._features is None:
+                    self._features = await probe_features()
+        return self._features
+
+    async def _unsupported(self, exc: KernelUnsupported) -> KernelUnsupported:
+        features = await self.features()
+        return KernelUnsupported(features.explanation()) if not features.xfrm_interface else exc
+
+    # links of kind xfrm
+    async def xfrm_links(self, netns: str | None) -> list[LinkState]:
+        return await _links.xfrm_links(await self._ns.rtnl(netns), netns)
+
+    async def link(self, netns: str | None, name: str) -> LinkState:
+        """One xfrm link (NotFound if missing, InvalidArgument if not xfrm)."""
+        return await _links.link_state(await self._ns.rtnl(netns), netns, name)
+
+    async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState:
+        ipr = await self._ns.rtnl(netns)
+        features = await self.features() if spec.external else None
+        try:
+            return await _links.create_link(ipr, netns, spec, features)
+        except KernelUnsupported as exc:
+            raise await self._unsupported(exc) from None
+
+    async def change_link(
+        self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None
+    ) -> LinkState:
+        return await _links.change_link(await self._ns.rtnl(netns), netns, name, mtu=mtu, up=up)
+
+    async def delete_link(self, netns: str | None, name: str) -> None:
+        await _links.delete_link(await self._ns.rtnl(netns), netns, name)
+
+    # addresses
+    async def addresses(self, netns: str | None, ifname: str) -> set[str]:
+        return await _addresses.addresses(await self._ns.rtnl(netns), netns, ifname)
+
+    async def add_address(self, netns: str | None, spec: AddressSpec) -> None:
+        await _addresses.add_address(await self._ns.rtnl(netns), netns, spec)
+
+    async def remove_address(self, netns: str | None, spec: AddressSpec) -> None:
+        await _addresses.remove_address(await self._ns.rtnl(netns), netns, spec)
+
+    # routes and rules carrying xfrmid's protocol
+    async def own_routes(self, netns: str | None) -> set[RouteSpec]:
+        return await _routes.own_routes(await self._ns.rtnl(netns), netns)
+
+    async def add_route(self, netns: str | None, spec: RouteSpec) -> None:
+        await _routes.add_route(await self._ns.rtnl(netns), netns, spec)
+
+    async def remove_route(self, netns: str | None, spec: RouteSpec) -> None:
+        await _routes.remove_route(await self._ns.rtnl(netns), netns, spec)
+
+    async def own_rules(self, netns: str | None) -> set[RuleSpec]:
+        return await _rules.own_rules(await self._ns.rtnl(netns), netns)
+
+    async def add_rule(self, netns: str | None, spec: RuleSpec) -> None:
+        await _rules.add_rule(await self._ns.rtnl(netns), netns, spec)
+
+    async def remove_rule(self, netns: str | None, spec: RuleSpec) -> None:
+        await _rules.remove_rule(await self._ns.rtnl(netns), netns, spec)
+
+    def forget_netns(self, netns: str | None) -> None:
+        """Drop the cached socket of a namespace (call after deleting the namespace)."""
+        self._ns.forget(netns)
+
+    async def close(self) -> None:
+        await self._ns.close()
+
+    async def __aenter__(self) -> "Kernel":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,161 @@
+"""One rtnetlink socket per network namespace, plus the request helpers.
+
+A namespace is a name under /run/netns; None is the daemon's own. The socket
+for a named namespace is opened by a short-lived thread that enters the
+namespace with setns(2) (a network namespace is per thread) and hands the
+socket back: no fork, and a missing namespace is never created (pyroute2's
+own ``netns=`` path forks and, by default, creates it with O_CREAT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import socket
+import threading
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink.nlsocket import NetlinkRequest
+
+from ..errors import Failed, NotFound
+from ..validate import NETNS_DIR, check_netns
+
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+
+F_REQ = NLM_F_REQUEST | NLM_F_ACK
+F_CREATE = F_REQ | NLM_F_CREATE | NLM_F_EXCL
+F_DUMP = NLM_F_REQUEST | NLM_F_DUMP
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def where(netns: str | None) -> str:
+    """' in namespace 'blue'' or '' for the daemon's own, for messages."""
+    return f" in namespace {netns!r}" if netns else ""
+
+
+def netns_path(netns: str) -> str:
+    return os.path.join(NETNS_DIR, netns)
+
+
+def _in_thread(target) -> int:
+    """Run target() in a fresh OS thread (whose netns it may change); return its result."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["fd"] = target()
+        except BaseException as exc:  # handed to the caller below
+            box["exc"] = exc
+
+    thread = threading.Thread(target=run, name="xfrmid-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if "exc" in box:
+        raise box["exc"]  # type: ignore[misc]
+    return box["fd"]  # type: ignore[return-value]
+
+
+def _netlink_fd() -> int:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    return sock.detach()
+
+
+def open_netns_fd(netns: str) -> int:
+    """A NETLINK_ROUTE socket fd living in /run/netns/NAME; NotFound if it does not exist."""
+    path = netns_path(netns)
+    try:
+        nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"Network namespace {netns!r} does not exist (no {path}).") from None
+    except OSError as exc:
+        raise Failed(f"Opening network namespace {netns!r} failed: {exc.strerror}.") from None
+
+    def enter() -> int:
+        if _libc.setns(nsfd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return _netlink_fd()
+
+    try:
+        return _in_thread(enter)
+    except OSError as exc:
+        raise Failed(
+            f"Entering network namespace {netns!r} failed: {exc.strerror} (needs CAP_SYS_ADMIN)."
+        ) from None
+    finally:
+        os.close(nsfd)
+
+
+def open_private_fd() -> int:
+    """A NETLINK_ROUTE socket fd in a new, empty namespace that dies with the socket.
+
+    Used by the feature probe to try things for real without side effects.
+    """
+
+    def enter() -> int:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return _netlink_fd()
+
+    return _in_thread(enter)
+
+
+def rtnl_on_fd(fd: int) -> AsyncIPRoute:
+    # strict_check: the kernel filters dumps (link kind, route protocol/table)
+    # so we do not parse what we would throw away.
+    return AsyncIPRoute(fileno=fd, strict_check=True)
+
+
+class Namespaces:
+    """Cache of one AsyncIPRoute per namespace."""
+
+    def __init__(self) -> None:
+        self._rtnl: dict[str | None, AsyncIPRoute] = {}
+        self._lock = asyncio.Lock()
+
+    async def rtnl(self, netns: str | None) -> AsyncIPRoute:
+        netns = check_netns(netns)
+        ipr = self._rtnl.get(netns)
+        if ipr is not None:
+            if netns is None or os.path.exists(netns_path(netns)):
+                return ipr
+            # the namespace was deleted under us: forget the stale socket
+            self._forget(netns)
+            raise NotFound(f"Network namespace {netns!r} does not exist (no {netns_path(netns)}).")
+        async with self._lock:
+            ipr = self._rtnl.get(netns)
+            if ipr is None:
+                fd = _netlink_fd() if netns is None else open_netns_fd(netns)
+                ipr = rtnl_on_fd(fd)
+                self._rtnl[netns] = ipr
+            return ipr
+
+    def _forget(self, netns: str | None) -> None:
+        ipr = self._rtnl.pop(netns, None)
+        if ipr is not None:
+            ipr.close()
+
+    def forget(self, netns: str | None) -> None:
+        """Drop the socket of a namespace (e.g. after it was deleted)."""
+        self._forget(netns)
+
+    async def close(self) -> None:
+        for netns in list(self._rtnl):
+            self._forget(netns)
+
+
+async def request(ipr: AsyncIPRoute, msg, msg_type: int, flags: int = F_REQ) -> list:
+    """Send one rtnetlink request; return the replies (raises NetlinkError)."""
+    req = NetlinkRequest(ipr, msg, msg_type=msg_type, msg_flags=flags)
+    await req.send()
+    return [reply async for reply in req.response()]
+
+
+async def dump(ipr: AsyncIPRoute, msg, msg_type: int) -> list:
+    """A dump request; the kernel filters by whatever the message carries."""
+    return await request(ipr, msg, msg_type, F_DUMP)

@@ -1,0 +1,168 @@
+"""Policy routing rules, IPv4 and IPv6, carrying xfrmid's protocol (FRA_PROTOCOL).
+
+``invert`` is iproute2's ``not`` (FIB_RULE_INVERT). The design notes' rule
+``prio 100 to 192.1.2.23/32 not fwmark 1/0xffffffff lookup 50`` is
+RuleSpec(priority=100, table=50, family=AF_INET, dst="192.1.2.23/32",
+fwmark=1, fwmask=0xffffffff, invert=True). ``own_rules`` reports only rules
+with xfrmid's protocol, and removal names it, so foreign rules stay.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import replace
+
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELRULE, RTM_GETRULE, RTM_NEWRULE
+from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL, fibmsg
+
+from ..errors import InvalidArgument
+from ..naming import check_u32
+from ..validate import parse_network
+from .namespace import F_CREATE, F_REQ, dump, request, where
+from .nlerrors import code_of, translate
+from .objects import XFRMID_PROTO, RuleSpec
+
+FIB_RULE_INVERT = 0x2
+FULL_MASK = 0xFFFFFFFF
+_FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+
+
+def _prefix(what: str, value: str | None, family: int) -> str | None:
+    if value is None:
+        return None
+    net = parse_network(value)
+    if (ipaddress.ip_network(net).version == 6) != (family == socket.AF_INET6):
+        raise InvalidArgument(f"Rule {what} {net} is not an {_FAMILIES[family]} prefix.")
+    return None if net.endswith("/0") else net  # /0 is "all", the same as no selector
+
+
+def normalize(spec: RuleSpec) -> RuleSpec:
+    """Validate a RuleSpec and put it in the form own_rules reports."""
+    if spec.family not in _FAMILIES:
+        raise InvalidArgument(f"Rule family {spec.family!r} is neither AF_INET nor AF_INET6.")
+    priority = check_u32("Rule priority", spec.priority)
+    table = check_u32("Routing table", spec.table)
+    if table == 0:
+        raise InvalidArgument("Routing table 0 is not a table; use 1 to 4294967295 (254 is main).")
+    fwmark, fwmask = spec.fwmark, spec.fwmask
+    if fwmark is not None or fwmask is not None:
+        fwmark = check_u32("fwmark", fwmark if fwmark is not None else 0)
+        fwmask = check_u32("fwmark mask", fwmask if fwmask is not None else FULL_MASK)
+        if fwmark & ~fwmask & FULL_MASK:
+            raise InvalidArgument(f"fwmark 0x{fwmark:x} has bits outside its mask 0x{fwmask:x}.")
+        if fwmark == 0 and fwmask == 0:
+            fwmark = fwmask = None
+    return replace(
+        spec,
+        priority=priority,
+        table=table,
+        dst=_prefix("destination", spec.dst, spec.family),
+        src=_prefix("source", spec.src, spec.family),
+        fwmark=fwmark,
+        fwmask=fwmask,
+        invert=bool(spec.invert),
+    )
+
+
+def describe(spec: RuleSpec) -> str:
+    parts = [f"rule prio {spec.priority}"]
+    if spec.invert:
+        parts.append("not")
+    parts.append(f"from {spec.src or 'all'}")
+    if spec.dst:
+        parts.append(f"to {spec.dst}")
+    if spec.fwmark is not None:
+        parts.append(f"fwmark 0x{spec.fwmark:x}/0x{spec.fwmask:x}")
+    parts.append(f"lookup {spec.table}")
+    return " ".join(parts)
+
+
+def _message(spec: RuleSpec) -> fibmsg:
+    msg = fibmsg()
+    msg["family"] = spec.family
+    msg["table"] = spec.table if spec.table < 256 else 0
+    msg["action"] = FR_ACT_TO_TBL
+    msg["flags"] = FIB_RULE_INVERT if spec.invert else 0
+    attrs: list = [
+        ("FRA_PRIORITY", spec.priority),
+        ("FRA_TABLE", spec.table),
+        ("FRA_PROTOCOL", XFRMID_PROTO),
+    ]
+    for attr, length, value in (("FRA_DST", "dst_len", spec.dst), ("FRA_SRC", "src_len", spec.src)):
+        if value is not None:
+            net = ipaddress.ip_network(value)
+            msg[length] = net.prefixlen
+            attrs.append((attr, str(net.network_address)))
+    if spec.fwmark is not None:
+        attrs.append(("FRA_FWMARK", spec.fwmark))
+        attrs.append(("FRA_FWMASK", spec.fwmask))
+    msg["attrs"] = attrs
+    return msg
+
+
+def _spec(msg) -> RuleSpec:
+    family = msg["family"]
+
+    def prefix(attr: str, length: str) -> str | None:
+        address = msg.get_attr(attr)
+        if address is None:
+            return None
+        return _prefix("selector", f"{address}/{msg[length]}", family)
+
+    fwmark = msg.get_attr("FRA_FWMARK")
+    fwmask = msg.get_attr("FRA_FWMASK")
+    if fwmark is None and fwmask:
+        fwmark = 0
+    if fwmark is not None and fwmask is None:
+        fwmask = FULL_MASK
+    return RuleSpec(
+        priority=msg.get_attr("FRA_PRIORITY") or 0,
+        table=msg.get_attr("FRA_TABLE") or msg["table"],
+        family=family,
+        dst=prefix("FRA_DST", "dst_len"),
+        src=prefix("FRA_SRC", "src_len"),
+        fwmark=fwmark,
+        fwmask=fwmask if fwmark is not None else None,
+        invert=bool(msg["flags"] & FIB_RULE_INVERT),
+    )
+
+
+async def own_rules(ipr, netns: str | None) -> set[RuleSpec]:
+    query = fibmsg()
+    query["family"] = socket.AF_UNSPEC
+    try:
+        msgs = await dump(ipr, query, RTM_GETRULE)
+    except NetlinkError as exc:
+        raise translate(exc, f"Listing xfrmid's rules{where(netns)}") from None
+    return {
+        _spec(msg)
+        for msg in msgs
+        if msg.get("header", {}).get("type") == RTM_NEWRULE
+        and msg["family"] in _FAMILIES
+        and msg.get_attr("FRA_PROTOCOL") == XFRMID_PROTO
+        and msg["action"] == FR_ACT_TO_TBL
+    }
+
+
+async def add_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
+    """Add the rule; fine if xfrmid's identical rule is already there."""
+    spec = normalize(spec)
+    try:
+        await request(ipr, _message(spec), RTM_NEWRULE, F_CREATE)
+    except NetlinkError as exc:
+        if code_of(exc) == 17 and spec in await own_rules(ipr, netns):
+            return
+        raise translate(exc, f"Adding {describe(spec)}{where(netns)}") from None
+
+
+async def remove_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
+    """Remove xfrmid's rule; a missing rule is fine."""
+    spec = normalize(spec)
+    try:
+        await request(ipr, _message(spec), RTM_DELRULE, F_REQ)
+    except NetlinkError as exc:
+        if code_of(exc) in (2, 3):  # ENOENT/ESRCH: not there
+            return
+        raise translate(exc, f"Removing {describe(spec)}{where(netns)}") from None
