@@ -162,7 +162,7 @@ class Daemon:
 
 
 def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Path | None = None,
-                 timeout: float = 120) -> Daemon:
+                 timeout: float = 600) -> Daemon:
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="xfrmid-state-"))
     config = state_dir.parent / (state_dir.name + ".conf")
     if config_text is not None:
@@ -170,7 +170,7 @@ def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Pat
     log = state_dir.parent / (state_dir.name + ".log")
     out = open(log, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
+        [sys.executable, "-X", "faulthandler", "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
          "--state-dir", str(state_dir), "--log-level", "debug"],
         stdout=out, stderr=subprocess.STDOUT, cwd=TOP,
     )
@@ -183,24 +183,39 @@ def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Pat
                        "org.freedesktop.DBus", "NameHasOwner", "s", "org.xfrmid1", check=False)
         if probe.stdout.strip() == "b true":
             return daemon
-        time.sleep(0.2)
-    daemon.stop()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGABRT)  # faulthandler writes where it is stuck into the log
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise RuntimeError(f"xfrmid did not take its bus name in {timeout}s:\n{daemon.log_text()}")
 
 
-@pytest.fixture(scope="module")
+# One bus and one daemon for all bus test modules of a run: the VM is slow to
+# start Python, and the tests use distinct names and clean up after themselves.
+_SHARED: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
 def private_bus():
-    bus = start_bus(policy=True)
-    yield bus
-    bus.stop()
+    if "bus" not in _SHARED:
+        _SHARED["bus"] = start_bus(policy=True)
+    yield _SHARED["bus"]
+    bus = _SHARED.pop("bus", None)
+    if bus is not None:
+        bus.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def xfrmid(private_bus):
-    daemon = start_daemon(private_bus)
+    if "daemon" not in _SHARED:
+        _SHARED["daemon"] = start_daemon(private_bus)
+    daemon = _SHARED["daemon"]
     yield daemon
-    rc = daemon.stop()
-    assert rc == 0, f"xfrmid stopped with {rc}:\n{daemon.log_text()[-3000:]}"
+    if _SHARED.pop("daemon", None) is not None:
+        rc = daemon.stop()
+        assert rc == 0, f"xfrmid stopped with {rc}:\n{daemon.log_text()[-3000:]}"
 
 
 @pytest.fixture

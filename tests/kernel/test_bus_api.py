@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import pytest
-from bus_fixtures import (  # noqa: F401 - fixtures
+from .bus_fixtures import (  # noqa: F401 - fixtures
     TOP, busctl, busctl_json, client, ip_json, link_present, manager_call, private_bus, wait_for, xfrmid,
 )
 
@@ -363,7 +363,7 @@ async def test_list_reconcile_reload(xfrmid, client):
 
 
 def test_xfrmctl_end_to_end(xfrmid):
-    from bus_fixtures import xfrmctl
+    from .bus_fixtures import xfrmctl
 
     a = xfrmid.address
     r = xfrmctl(a, "attach", "ipsec216", "cli-a", "--json", check=True)
@@ -401,3 +401,24 @@ def test_xfrmctl_end_to_end(xfrmid):
         assert mon.wait(30) == 0
     assert lines[-1]["path"] == "/org/xfrmid1/interface/ipsec216"
     assert not link_present("ipsec216")
+
+
+async def test_reload_applies_the_config_file_and_sighup(xfrmid, client):
+    """Reload (D-Bus) and SIGHUP re-read the file: a static interface appears and goes."""
+    xfrmid.config.write_text('[[interface]]\nname = "ipsec217"\naddresses = ["10.217.9.1/32"]\n')
+    try:
+        await client.reload()
+        assert link_present("ipsec217")
+        p = await client.interface_properties("ipsec217")
+        assert p["Addresses"] == ["10.217.9.1/32"] and p["Owned"] is True
+        xfrmid.config.write_text("")
+        xfrmid.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: not link_present("ipsec217"), 60), xfrmid.log_text()[-2000:]
+        # a broken file is refused with a sentence naming it; the running state stays
+        xfrmid.config.write_text("[daemon]\nlog_levle = 'debug'\n")
+        with pytest.raises(errors.InvalidArgument, match="log_levle"):
+            await client.reload()
+    finally:
+        xfrmid.config.unlink(missing_ok=True)
+        await client.reload()
+    assert xfrmid.alive()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import subprocess
 
-from bus_fixtures import client, ip_json, link_present, private_bus, xfrmid  # noqa: F401 - fixtures
-from conftest import make_two_netns
+from .bus_fixtures import client, ip_json, link_present, private_bus, xfrmid  # noqa: F401 - fixtures
+from .conftest import make_two_netns
 
 KEY_LR = "0x" + "11" * 20  # rfc4106 key: 16 bytes AES + 4 bytes salt
 KEY_RL = "0x" + "22" * 20

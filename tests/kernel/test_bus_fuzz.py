@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import string
 
-from bus_fixtures import ip_json, private_bus, xfrmid  # noqa: F401 - fixtures
+from .bus_fixtures import ip_json, private_bus, xfrmid  # noqa: F401 - fixtures
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from hypothesis import HealthCheck, given, settings
