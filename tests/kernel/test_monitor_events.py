@@ -44,11 +44,16 @@ def run(where, *args):
 
 async def test_link_delete_is_seen(where, managed):
     async with monitoring(where, {managed}) as (mon, catch):
+        # ip runs beside the loop, so the event is taken when it comes, not after ip exits
         t0 = time.monotonic()
-        run(where, "link", "del", managed)
+        proc = await asyncio.create_subprocess_exec("ip", *n(where), "link", "del", managed)
         ev, at = await catch.wait(lambda e: isinstance(e, LinkEvent) and e.deleted and e.ifname == managed)
+        assert await proc.wait() == 0
+        exited = time.monotonic()
     assert ev.managed and ev.kind == "xfrm" and ev.netns == where
-    record(f"ip_link_del_to_event_{'own' if where is None else 'named'}_s", at - t0, "s")
+    kind = "own" if where is None else "named"
+    record(f"ip_link_del_start_to_event_{kind}_s", at - t0, "s")
+    record(f"ip_link_del_command_{kind}_s", exited - t0, "s")
 
 
 async def test_link_down_is_seen(where, managed):
@@ -171,3 +176,21 @@ async def test_close_stops_events(where, managed):
     run(where, "link", "set", managed, "down")
     await asyncio.sleep(0.3)
     assert catch.events == []
+
+
+async def test_namespace_created_after_start_is_picked_up():
+    name = f"xlate{os.getpid()}"
+    events = []
+    mon = NetnsMonitor(name, events.append, ns_poll=0.1)
+    try:
+        with pytest.raises(NotFound):
+            await mon.start()
+        ip_run("netns", "add", name)
+        for _ in range(50):
+            if events:
+                break
+            await asyncio.sleep(0.05)
+        assert mon.running and isinstance(events[0], ResyncEvent)
+    finally:
+        await mon.close()
+        sh(f"ip netns del {name}", check=False)
