@@ -1,0 +1,147 @@
+"""The watcher wired to the real Manager and Kernel, as the daemon wires them:
+interference on managed objects is repaired within 2 s and reported through
+the listener's ``repaired``; xfrmid's own API calls cost no repair; foreign
+look-alikes are left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from xfrmid.core.manager import Manager
+from xfrmid.core.watch import Watcher
+from xfrmid.settings import Settings
+
+from .conftest import ip, ip_run, link_exists, link_json
+from .monitor_util import record
+
+NAME = "ipsec1"
+ADDR = "198.51.100.1/24"
+ROUTE = "203.0.113.0/24"
+PEER = "192.1.2.23"
+
+
+class Repairs:
+    """A ManagerListener that only keeps ``repaired`` calls (the bus turns them into signals)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def interface_added(self, info) -> None: ...
+    def interface_changed(self, info) -> None: ...
+    def interface_removed(self, info) -> None: ...
+
+    def repaired(self, info, what: str) -> None:
+        self.seen.append((info.name, what))
+
+
+@pytest.fixture
+async def wired(kernel, tmp_path, netns):
+    manager = Manager(kernel, Settings(state_dir=str(tmp_path / "state")))
+    # the daemon's hooks, in the daemon's order
+    watcher = Watcher(manager.reconcile, reconcile_one=manager.reconcile_interface)
+    manager.subscribe(watcher)
+    repairs = Repairs()
+    manager.subscribe(repairs)
+    await manager.start()
+    watcher.set_interfaces(manager.interfaces())
+    await watcher.start()
+    try:
+        yield manager, watcher, repairs, netns
+    finally:
+        await watcher.stop()
+        await manager.stop()
+
+
+async def promise(manager: Manager, netns: str) -> None:
+    await manager.attach(NAME, "conn", netns=netns)
+    await manager.add_address(NAME, "conn", ADDR, netns=netns)
+    await manager.add_route(NAME, "conn", ROUTE, netns=netns)
+    await manager.add_route(NAME, "conn", f"{PEER}/32", netns=netns, peer=PEER)
+
+
+def kept(netns: str) -> dict[str, bool]:
+    """Which promises the kernel holds right now (seen with iproute2)."""
+    if not link_exists(NAME, netns):
+        return {"link": False, "up": False, "addr": False, "route": False, "rule": False}
+    link = link_json(NAME, netns)
+    (shown,) = ip("addr", "show", "dev", NAME, netns=netns)
+    addrs = {f"{a['local']}/{a['prefixlen']}" for a in shown.get("addr_info", [])}
+    routes = {r["dst"] for r in ip("route", "show", "dev", NAME, netns=netns)}
+    rules = [r for r in ip("rule", "show", netns=netns) if r.get("protocol") == "xfrmid"]
+    return {"link": True, "up": "UP" in link["flags"], "addr": ADDR in addrs, "route": ROUTE in routes,
+            "rule": bool(rules)}
+
+
+async def settled(watcher: Watcher) -> None:
+    await asyncio.sleep(watcher.quiet * 3)
+    await asyncio.wait_for(watcher.idle(), 10)
+
+
+async def test_own_calls_cost_no_repair(wired):
+    manager, watcher, repairs, netns = wired
+    await promise(manager, netns)
+    await settled(watcher)
+    assert all(kept(netns).values())
+    assert (watcher.reconciles, watcher.repairs) == (0, 0), watcher.stats()
+    await manager.remove_address(NAME, "conn", ADDR, netns=netns)
+    await manager.remove_route(NAME, "conn", ROUTE, netns=netns)
+    await settled(watcher)
+    assert (watcher.reconciles, watcher.repairs) == (0, 0), watcher.stats()
+    await manager.detach(NAME, "conn", netns=netns)
+    await settled(watcher)
+    # the peer rule going away is not attributable to an interface: one look at most
+    assert watcher.repairs == 0 and watcher.reconciles <= 1, watcher.stats()
+    assert repairs.seen == []
+
+
+INTERFERENCE = [  # each leaves the next something to act on
+    ("rule-del", ["rule", "del", "prio", "100"], "rule"),
+    ("route-flush", ["route", "flush", "dev", NAME], "route"),
+    ("addr-flush", ["addr", "flush", "dev", NAME], "addr"),
+    ("link-down", ["link", "set", NAME, "down"], "up"),
+    ("link-del", ["link", "del", NAME], "link"),
+]
+
+
+async def test_interference_is_repaired_within_2s(wired):
+    manager, watcher, repairs, netns = wired
+    await promise(manager, netns)
+    await settled(watcher)
+    for what, command, check in INTERFERENCE:
+        ip_run(*command, netns=netns)
+        gone = time.monotonic()
+        while not all(kept(netns).values()) and time.monotonic() - gone < 2.0:
+            await asyncio.sleep(0.02)
+        state = kept(netns)
+        assert all(state.values()), f"{what}: not repaired within 2 s: {state}"
+        record(f"repair_{what}_s", time.monotonic() - gone, "s")
+        await settled(watcher)
+    assert len(repairs.seen) >= len(INTERFERENCE) - 1, repairs.seen  # rule: repaired, maybe not per interface
+    assert all(name == NAME for name, _ in repairs.seen)
+
+
+async def test_foreign_lookalikes_are_not_reverted(wired):
+    manager, watcher, repairs, netns = wired
+    await promise(manager, netns)
+    twin = NAME + "x"
+    ip_run("link", "add", twin, "type", "veth", "peer", "name", twin + "p", netns=netns)
+    ip_run("addr", "add", "198.51.100.201/24", "dev", twin, "noprefixroute", netns=netns)
+    ip_run("link", "set", twin, "up", netns=netns)
+    ip_run("route", "add", "192.0.2.128/25", "dev", twin, netns=netns)
+    ip_run("rule", "add", "prio", "101", "to", "192.0.2.24/32", "lookup", "51", netns=netns)
+    await settled(watcher)
+    before = watcher.stats()
+    ip_run("rule", "del", "prio", "101", netns=netns)
+    ip_run("route", "flush", "dev", twin, netns=netns)
+    ip_run("addr", "flush", "dev", twin, netns=netns)
+    ip_run("link", "set", twin, "down", netns=netns)
+    ip_run("link", "del", twin, netns=netns)
+    await asyncio.sleep(1.0)
+    await settled(watcher)
+    assert not link_exists(twin, netns)
+    assert not [r for r in ip("rule", "show", netns=netns) if r.get("priority") == 101]
+    assert (watcher.reconciles, watcher.repairs) == (before["reconciles"], before["repairs"])
+    assert all(kept(netns).values())
