@@ -299,6 +299,8 @@ class Watcher:
 
     def feed(self, ev: Event) -> None:
         """Take one event (the monitors' callback); cheap, never raises."""
+        if not self._started:
+            return  # stopping: a monitor's last words
         try:
             self.events += 1
             loop = asyncio.get_running_loop()
