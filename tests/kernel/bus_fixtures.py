@@ -116,7 +116,10 @@ def busctl(address: str, *args: str, user: bool = False, check: bool = True) -> 
 
 
 def busctl_json(address: str, *args: str, user: bool = False):
-    return json.loads(busctl(address, "--json=short", *args, user=user).stdout)
+    """busctl --json=short output; several values (get-property A B) come one per line."""
+    lines = [json.loads(line) for line in busctl(address, "--json=short", *args, user=user).stdout.splitlines()
+             if line.strip()]
+    return lines[0] if len(lines) == 1 else lines
 
 
 def manager_call(address: str, method: str, signature: str, *args: str, user: bool = False, check: bool = True):
