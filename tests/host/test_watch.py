@@ -357,3 +357,60 @@ async def test_failing_single_repair_falls_back_to_full(env):
     w.feed(link(deleted=True))
     await settle(w)
     assert rec.calls == 1 and w.failures == 0
+
+
+async def test_drift_on_an_interface_being_changed_waits_for_the_change(env):
+    w, rec, *_ = env
+    one = w.reconcile_one = One()
+    with w.holding(None, "ipsec1"):
+        w.feed(link(deleted=True))  # xfrmid deleting it on purpose...
+        await asyncio.sleep(QUIET * 4)
+        assert one.calls == [] and rec.calls == 0
+        w.interface_removed(info())  # ...and publishing that when done
+    await settle(w)
+    assert one.calls == [] and rec.calls == 0
+
+
+async def test_held_interface_still_repaired_after_release(env):
+    w, rec, *_ = env
+    one = w.reconcile_one = One()
+    with w.holding(None, "ipsec1"):
+        w.feed(link(up=False))
+        await asyncio.sleep(QUIET * 3)
+        assert one.calls == []
+    await settle(w)
+    assert one.calls == [("ipsec1", None)]
+
+
+async def test_holding_everything_defers_everything(env):
+    w, rec, *_ = env
+    with w.holding():
+        w.feed(link(deleted=True))
+        await asyncio.sleep(QUIET * 3)
+        assert rec.calls == 0
+    await settle(w)
+    assert rec.calls == 1
+
+
+async def test_other_interfaces_are_not_held_up(env):
+    w, rec, *_ = env
+    one = w.reconcile_one = One()
+    w.interface_added(info(name="ipsec2", ifindex=12))
+    with w.holding(None, "ipsec2"):
+        w.feed(link(deleted=True))
+        await settle(w)
+        assert one.calls == [("ipsec1", None)]
+
+
+async def test_slow_repairs_stretch_the_storm_interval(env):
+    w, rec, *_ = env
+    rec.delay = 0.2  # a repair costs more than max_delay
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 1.2
+    while loop.time() < end:
+        w.feed(link(up=False))
+        await asyncio.sleep(QUIET / 4)
+    await settle(w)
+    # back to back (0.2 s each, max_delay 0.15) would be ~6; stretched, the
+    # loop is left at least as much time as the repairs take
+    assert rec.calls <= 4, rec.calls

@@ -105,8 +105,9 @@ async def test_overrun_resyncs_and_burst_costs_few_reconciles(netns_factory, cap
         assert mon.overruns >= 1 and mon.reopens >= 1 and mon.running
         assert watcher.resyncs >= 1 and watcher.overruns >= 1
         assert f"netlink overrun in netns '{where}'; resynchronising" in caplog.text
-        # the whole burst: about one reconcile per max_delay at most, not thousands
-        assert 1 <= storm_reconciles <= took / watcher.max_delay + 3, (storm_reconciles, took)
+        # the whole burst: about one reconcile per max_delay while it overruns, not thousands
+        assert 1 <= storm_reconciles <= took / watcher.max_delay + 5, (storm_reconciles, took)
+        assert storm_reconciles * 50 <= ref.parser.messages
         record("overrun_burst_link_events", ref.parser.messages, "events")
         record("overrun_burst_seconds", took, "s")
         record("overrun_burst_reconcile_calls", storm_reconciles, "calls")

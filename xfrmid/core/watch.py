@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ..kernel.events import (
@@ -52,6 +54,7 @@ QUIET = 0.1  # seconds without events that end a burst
 MAX_DELAY = 1.0  # a continuous storm still reconciles this often
 MAX_PENDING = 100_000  # distinct objects remembered per burst; beyond: just reconcile
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+COST_FACTOR = 2.0  # a storm waits at least this many times the last repair's duration
 
 
 class Monitor(Protocol):
@@ -136,6 +139,9 @@ class Watcher:
         self._tasks: set[asyncio.Task] = set()
         self._busy = False
         self._started = False
+        self._held: Counter[tuple[str | None, str]] = Counter()  # interfaces xfrmid is changing
+        self._held_all = 0
+        self._cost = 0.0  # seconds the last repair took
         # counters
         self.events = 0  # events received from the monitors
         self.bursts = 0  # debounced batches judged
@@ -198,6 +204,29 @@ class Watcher:
             "failures": self.failures,
             "overruns": self.overruns,
         }
+
+    @contextmanager
+    def holding(self, netns: str | None = None, name: str | None = None) -> Iterator[None]:
+        """xfrmid itself is changing this interface (every one when ``name`` is None).
+
+        Its own changes make events too, and the manager publishes the new
+        state only when the change is done; drift on a held interface is
+        judged once it is released, against what the manager published.
+        """
+        key = (netns or None, name) if name is not None else None
+        if key is None:
+            self._held_all += 1
+        else:
+            self._held[key] += 1
+        try:
+            yield
+        finally:
+            if key is None:
+                self._held_all -= 1
+            else:
+                self._held[key] -= 1
+                if self._held[key] <= 0:
+                    del self._held[key]
 
     # -- what is managed (ManagerListener) -----------------------------------
 
@@ -329,7 +358,7 @@ class Watcher:
                 self._due.set()
             return
         loop = asyncio.get_running_loop()
-        due = min(self._last + self.quiet, self._first + self.max_delay)
+        due = min(self._last + self.quiet, self._first + max(self.max_delay, COST_FACTOR * self._cost))
         if loop.time() + 0.001 < due:
             self._timer = loop.call_at(due, self._tick)
         else:
@@ -370,12 +399,15 @@ class Watcher:
                 log.info("netns %s: %s; resynchronising", _label(netns or None), evs[-1].reason)
         self._routes = None
         drift = [ev for ev in events if self._is_drift(ev)]
+        if self._held or self._held_all:
+            drift = self._defer_held(drift)
         if not (drift or overflow or retry):
             log.debug("%d events, no drift", len(events))
             return
         if resync or overflow:
             self.resyncs += 1
         targets = None if (overflow or retry) else self._targets(drift)
+        started = asyncio.get_running_loop().time()
         try:
             if targets is not None:
                 counts = await self._repair_each(targets)
@@ -385,12 +417,14 @@ class Watcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._cost = asyncio.get_running_loop().time() - started
             self.failures += 1
             self._retry_handle = asyncio.get_running_loop().call_later(self._backoff, self._retry_now)
             log.error("repair after kernel changes failed (%s); retrying in %.0f s", exc, self._backoff,
                       exc_info=not _is_xfrmid_error(exc))
             self._backoff = min(self._backoff * 2, RETRY_MAX)
             return
+        self._cost = asyncio.get_running_loop().time() - started
         self._backoff = RETRY_FIRST
         done = {k: v for k, v in (counts or {}).items() if v}
         if done:
@@ -398,24 +432,43 @@ class Watcher:
         else:
             log.debug("%d drift events: nothing to repair", len(drift))
 
+    def _target(self, ev: Event) -> tuple[str | None, str] | None:
+        """The managed interface an event is about; None for rules and resyncs."""
+        info = None
+        if isinstance(ev, LinkEvent):
+            info = self._infos.get((ev.netns, ev.ifname)) or self._by_index(ev.netns, ev.ifindex)
+        elif isinstance(ev, AddressEvent):
+            info = self._by_index(ev.netns, ev.ifindex)
+        elif isinstance(ev, RouteEvent) and self._routes is not None:
+            name = self._routes.get((ev.netns, ev.dst, ev.table))
+            return None if name is None else (ev.netns, name)
+        return None if info is None else (ev.netns, info.name)
+
+    def _defer_held(self, drift: list[Event]) -> list[Event]:
+        """Put drift on interfaces xfrmid is changing back to pending; the rest."""
+        rest = []
+        now = asyncio.get_running_loop().time()
+        for ev in drift:
+            target = self._target(ev)
+            if self._held_all or (target is not None and target in self._held):
+                if not self._pending and not self._overflow:
+                    self._first = now
+                self._last = now
+                self._pending.setdefault(_key(ev), ev)  # a newer event on it wins
+            else:
+                rest.append(ev)
+        return rest
+
     def _targets(self, drift: list[Event]) -> set[tuple[str | None, str]] | None:
         """The interfaces the drift is about, when there are few and all are known; else None."""
         if self.reconcile_one is None:
             return None
         targets: set[tuple[str | None, str]] = set()
         for ev in drift:
-            name = None
-            if isinstance(ev, LinkEvent):
-                info = self._infos.get((ev.netns, ev.ifname)) or self._by_index(ev.netns, ev.ifindex)
-                name = info.name if info else None
-            elif isinstance(ev, AddressEvent):
-                info = self._by_index(ev.netns, ev.ifindex)
-                name = info.name if info else None
-            elif isinstance(ev, RouteEvent) and self._routes is not None:
-                name = self._routes.get((ev.netns, ev.dst, ev.table))
-            if name is None:
+            target = self._target(ev)
+            if target is None:
                 return None  # rules, resyncs: only a full reconcile knows
-            targets.add((ev.netns, name))
+            targets.add(target)
             if len(targets) > ONE_BY_ONE_MAX:
                 return None
         return targets
@@ -424,6 +477,8 @@ class Watcher:
         assert self.reconcile_one is not None
         totals: dict[str, int] = {}
         for netns, name in sorted(targets, key=lambda k: (k[0] or "", k[1])):
+            if (netns, name) not in self._infos:
+                continue  # no longer managed: nothing to keep
             self.repairs += 1
             try:
                 counts = await self.reconcile_one(name, netns)
