@@ -414,3 +414,12 @@ async def test_slow_repairs_stretch_the_storm_interval(env):
     # back to back (0.2 s each, max_delay 0.15) would be ~6; stretched, the
     # loop is left at least as much time as the repairs take
     assert rec.calls <= 4, rec.calls
+
+
+async def test_hold_takes_the_managers_key(env):
+    w, rec, *_ = env
+    with w.hold((None, "ipsec1")):
+        assert (None, "ipsec1") in w._held
+    with w.hold():
+        assert w._held_all == 1
+    assert not w._held and w._held_all == 0

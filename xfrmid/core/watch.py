@@ -228,6 +228,10 @@ class Watcher:
                 if self._held[key] <= 0:
                     del self._held[key]
 
+    def hold(self, key: tuple[str | None, str] | None = None):
+        """``holding`` for the manager's key type: (netns, name), or None for everything."""
+        return self.holding() if key is None else self.holding(key[0], key[1])
+
     # -- what is managed (ManagerListener) -----------------------------------
 
     def set_interfaces(self, infos: Iterable[InterfaceInfo]) -> None:
