@@ -225,3 +225,19 @@ async def test_bad_names_are_invalid(kernel, netns):
         await kernel.create_link(netns, LinkSpec(name="a/b", if_id=5))
     with pytest.raises(InvalidArgument, match="if_id 0"):
         await kernel.create_link(netns, LinkSpec(name="ipsec33", if_id=0))
+
+
+async def test_recreated_netns_is_not_confused_with_the_old_one(kernel):
+    from .conftest import add_netns, del_netns, new_netns_name
+
+    name = new_netns_name("xre")
+    add_netns(name)
+    try:
+        await kernel.create_link(name, LinkSpec(name="ipsec40", if_id=40))
+        del_netns(name)
+        with pytest.raises(NotFound, match=repr(name)):
+            await kernel.xfrm_links(name)
+        add_netns(name)
+        assert await kernel.xfrm_links(name) == []  # a fresh socket in the new namespace
+    finally:
+        del_netns(name)

@@ -20,12 +20,11 @@ KEY_IN = "0x" + "22" * 20
 def static_ipsec(netns: str, local: str, remote: str, inner_local: str, inner_remote: str,
                  spi_out: int, spi_in: int, key_out: str, key_in: str, if_id: int) -> None:
     mark, mask = output_mark(if_id)
-    common = ["proto", "esp", "mode", "tunnel", "if_id", str(if_id)]
-    aead = ["aead", "rfc4106(gcm(aes))"]
-    ip_run("xfrm", "state", "add", "src", local, "dst", remote, "spi", hex(spi_out), "reqid", "1", *common,
-           *aead, key_out, "128", "output-mark", hex(mark), "mask", hex(mask), netns=netns)
-    ip_run("xfrm", "state", "add", "src", remote, "dst", local, "spi", hex(spi_in), "reqid", "1", *common,
-           *aead, key_in, "128", netns=netns)
+    common = ["reqid", "1", "mode", "tunnel", "if_id", str(if_id), "aead", "rfc4106(gcm(aes))"]
+    ip_run("xfrm", "state", "add", "src", local, "dst", remote, "proto", "esp", "spi", hex(spi_out), *common,
+           key_out, "128", "output-mark", hex(mark), "mask", hex(mask), netns=netns)
+    ip_run("xfrm", "state", "add", "src", remote, "dst", local, "proto", "esp", "spi", hex(spi_in), *common,
+           key_in, "128", netns=netns)
     ip_run("xfrm", "policy", "add", "src", inner_local, "dst", inner_remote, "dir", "out", "if_id", str(if_id),
            "tmpl", "src", local, "dst", remote, "proto", "esp", "reqid", "1", "mode", "tunnel", netns=netns)
     ip_run("xfrm", "policy", "add", "src", inner_remote, "dst", inner_local, "dir", "in", "if_id", str(if_id),

@@ -61,23 +61,23 @@ async def addresses(ipr, netns: str | None, ifname: str) -> set[str]:
     return found
 
 
-async def add_address(ipr, netns: str | None, spec: AddressSpec) -> None:
+async def _apply(ipr, netns, spec: AddressSpec, msg_type: int, flags: int, fine: tuple[int, ...],
+                 doing: str) -> None:
     cidr = parse_interface_cidr(spec.cidr)
     index = await index_of(ipr, netns, spec.ifname, what="Interface")
     try:
-        await request(ipr, _message(index, cidr), RTM_NEWADDR, F_CREATE)
+        await request(ipr, _message(index, cidr), msg_type, flags)
     except NetlinkError as exc:
-        if code_of(exc) == 17:  # EEXIST: already there, which is what was asked
+        if code_of(exc) in fine:  # already as asked
             return
-        raise translate(exc, f"Adding address {cidr} to {spec.ifname!r}{where(netns)}") from None
+        raise translate(exc, doing.format(cidr=cidr, ifname=spec.ifname, where=where(netns))) from None
+
+
+async def add_address(ipr, netns: str | None, spec: AddressSpec) -> None:
+    """Add the address; fine if it is already there (EEXIST)."""
+    await _apply(ipr, netns, spec, RTM_NEWADDR, F_CREATE, (17,), "Adding address {cidr} to {ifname!r}{where}")
 
 
 async def remove_address(ipr, netns: str | None, spec: AddressSpec) -> None:
-    cidr = parse_interface_cidr(spec.cidr)
-    index = await index_of(ipr, netns, spec.ifname, what="Interface")
-    try:
-        await request(ipr, _message(index, cidr), RTM_DELADDR, F_REQ)
-    except NetlinkError as exc:
-        if code_of(exc) in (99, 2, 19):  # EADDRNOTAVAIL/ENOENT/ENODEV: not there
-            return
-        raise translate(exc, f"Removing address {cidr} from {spec.ifname!r}{where(netns)}") from None
+    """Remove the address; fine if it is not there (EADDRNOTAVAIL/ENOENT/ENODEV)."""
+    await _apply(ipr, netns, spec, RTM_DELADDR, F_REQ, (99, 2, 19), "Removing address {cidr} from {ifname!r}{where}")

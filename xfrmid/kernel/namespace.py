@@ -111,34 +111,55 @@ def rtnl_on_fd(fd: int) -> AsyncIPRoute:
     return AsyncIPRoute(fileno=fd, strict_check=True)
 
 
+def _identity(netns: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the namespace behind /run/netns/NAME, None if it is gone."""
+    try:
+        st = os.stat(netns_path(netns))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Namespaces:
-    """Cache of one AsyncIPRoute per namespace."""
+    """Cache of one AsyncIPRoute per namespace.
+
+    A cached socket pins the namespace it was opened in, so before reuse we
+    check that /run/netns/NAME still names that namespace: one deleted and
+    re-created under the same name gets a fresh socket.
+    """
 
     def __init__(self) -> None:
-        self._rtnl: dict[str | None, AsyncIPRoute] = {}
+        self._rtnl: dict[str | None, tuple[AsyncIPRoute, tuple[int, int] | None]] = {}
         self._lock = asyncio.Lock()
+
+    def _cached(self, netns: str | None) -> AsyncIPRoute | None:
+        entry = self._rtnl.get(netns)
+        if entry is None:
+            return None
+        ipr, identity = entry
+        if netns is None or _identity(netns) == identity:
+            return ipr
+        self._forget(netns)  # deleted, or replaced by another namespace of that name
+        return None
 
     async def rtnl(self, netns: str | None) -> AsyncIPRoute:
         netns = check_netns(netns)
-        ipr = self._rtnl.get(netns)
+        ipr = self._cached(netns)
         if ipr is not None:
-            if netns is None or os.path.exists(netns_path(netns)):
-                return ipr
-            # the namespace was deleted under us: forget the stale socket
-            self._forget(netns)
-            raise NotFound(f"Network namespace {netns!r} does not exist (no {netns_path(netns)}).")
+            return ipr
         async with self._lock:
-            ipr = self._rtnl.get(netns)
+            ipr = self._cached(netns)
             if ipr is None:
+                identity = None if netns is None else _identity(netns)
                 fd = _netlink_fd() if netns is None else open_netns_fd(netns)
                 ipr = rtnl_on_fd(fd)
-                self._rtnl[netns] = ipr
+                self._rtnl[netns] = (ipr, identity)
             return ipr
 
     def _forget(self, netns: str | None) -> None:
-        ipr = self._rtnl.pop(netns, None)
-        if ipr is not None:
-            ipr.close()
+        entry = self._rtnl.pop(netns, None)
+        if entry is not None:
+            entry[0].close()
 
     def forget(self, netns: str | None) -> None:
         """Drop the socket of a namespace (e.g. after it was deleted)."""

@@ -1,0 +1,87 @@
+"""Pure parts of the kernel layer: errno translation, the xfrm plugin, spec normalisation."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from xfrmid.errors import Conflict, Failed, InvalidArgument, KernelUnsupported, NotFound
+from xfrmid.kernel import routes, rules, xfrm_kind
+from xfrmid.kernel.nlerrors import translate
+from xfrmid.kernel.objects import LinkSpec, RouteSpec, RuleSpec
+
+
+@pytest.mark.parametrize(
+    "code, cls, words",
+    [
+        (errno.EEXIST, Conflict, "already exists"),
+        (errno.ENODEV, NotFound, "does not exist"),
+        (errno.ENOENT, NotFound, "does not exist"),
+        (errno.EOPNOTSUPP, KernelUnsupported, "does not support"),
+        (errno.EPERM, Failed, "CAP_NET_ADMIN"),
+        (errno.EINVAL, InvalidArgument, "invalid"),
+        (errno.EMLINK, Failed, "errno 31"),
+    ],
+)
+def test_errno_translation(code, cls, words):
+    err = translate(NetlinkError(code), "Creating interface 'ipsec1'")
+    assert type(err) is cls
+    assert str(err).startswith("Creating interface 'ipsec1' failed: ") and words in str(err)
+    assert str(err).endswith(".") and "\n" not in str(err)
+
+
+def test_plugin_encodes_and_decodes_collect_metadata():
+    msg = ifinfmsg()
+    msg["attrs"] = [
+        ("IFLA_IFNAME", "ipsec9"),
+        ("IFLA_LINKINFO", {"attrs": [
+            ("IFLA_INFO_KIND", "xfrm"),
+            ("IFLA_INFO_DATA", {"attrs": xfrm_kind.fill_create(LinkSpec("ipsec9", 9, external=True), 0)}),
+        ]}),
+    ]
+    msg.encode()
+    # attribute 3 inside IFLA_INFO_DATA, zero length: 4-byte header, type 3
+    assert bytes([4, 0, xfrm_kind.IFLA_XFRM_COLLECT_METADATA, 0]) in msg.data
+    back = ifinfmsg(msg.data)
+    back.decode()
+    data = back.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    assert xfrm_kind.parse(data) == xfrm_kind.KindState(if_id=0, link_index=0, external=True)
+
+
+def test_plugin_normal_link_data():
+    assert xfrm_kind.fill_create(LinkSpec("ipsec5", 5), 7) == [("IFLA_XFRM_IF_ID", 5), ("IFLA_XFRM_LINK", 7)]
+    assert xfrm_kind.fill_create(LinkSpec("ipsec5", 5), 0) == [("IFLA_XFRM_IF_ID", 5)]
+
+
+def test_verify_rejects_what_the_kernel_would():
+    with pytest.raises(InvalidArgument, match="'eth0'"):
+        xfrm_kind.verify(LinkSpec("ipsec1", 1, external=True, link="eth0"))
+    with pytest.raises(InvalidArgument, match="if_id 0"):
+        xfrm_kind.verify(LinkSpec("ipsec1", 0))
+    with pytest.raises(InvalidArgument, match="MTU 67"):
+        xfrm_kind.verify(LinkSpec("ipsec1", 1, mtu=67))
+    xfrm_kind.verify(LinkSpec("ipsec1", 0, external=True))  # external: if_id is not used
+
+
+def test_route_normalisation():
+    assert routes.normalize(RouteSpec("2001:db8::/32", "ipsec1", metric=1024)).metric is None
+    assert routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", metric=0)).metric is None
+    assert routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", src="10.0.0.1")).src == "10.0.0.1"
+    with pytest.raises(InvalidArgument, match="same family"):
+        routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", src="2001:db8::1"))
+    with pytest.raises(InvalidArgument, match="table 0"):
+        routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", table=0))
+
+
+def test_rule_normalisation():
+    spec = rules.normalize(RuleSpec(priority=100, table=50, family=socket.AF_INET, dst="192.1.2.23/32",
+                                    fwmark=1, invert=True))
+    assert spec.fwmask == 0xFFFFFFFF
+    assert rules.describe(spec) == "rule prio 100 not from all to 192.1.2.23/32 fwmark 0x1/0xffffffff lookup 50"
+    assert rules.normalize(RuleSpec(priority=1, table=5, family=socket.AF_INET, dst="0.0.0.0/0")).dst is None
+    with pytest.raises(InvalidArgument, match="outside its mask"):
+        rules.normalize(RuleSpec(priority=1, table=5, family=socket.AF_INET, fwmark=0x100, fwmask=0xFF))
