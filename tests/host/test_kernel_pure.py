@@ -69,7 +69,9 @@ def test_verify_rejects_what_the_kernel_would():
 
 def test_route_normalisation():
     assert routes.normalize(RouteSpec("2001:db8::/32", "ipsec1", metric=1024)).metric is None
+    assert routes.normalize(RouteSpec("2001:db8::/32", "ipsec1", metric=0)).metric is None
     assert routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", metric=0)).metric is None
+    assert routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", metric=1024)).metric == 1024
     assert routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", src="10.0.0.1")).src == "10.0.0.1"
     with pytest.raises(InvalidArgument, match="same family"):
         routes.normalize(RouteSpec("10.0.0.0/8", "ipsec1", src="2001:db8::1"))

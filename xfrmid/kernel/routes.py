@@ -4,7 +4,8 @@ Every route xfrmid adds has rtm_protocol = XFRMID_PROTO; ``own_routes``
 reports only those (the kernel filters the dump by protocol) and removal
 names the protocol too, so a foreign route to the same prefix is never
 touched. Specs are normalised (``normalize``) so sets compare: a metric
-equal to the family's default is None, as if it had not been given.
+equal to the family's default (IPv4 0, IPv6 1024, which IPv6 also makes
+of 0) is None, as if it had not been given.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def normalize(spec: RouteSpec) -> RouteSpec:
     metric = spec.metric
     if metric is not None:
         metric = check_u32("Metric", metric)
-        if metric == DEFAULT_METRIC[family_of(dst)]:
+        # IPv6 turns 0 into its default 1024; both mean "not given"
+        if metric in (0, DEFAULT_METRIC[family_of(dst)]):
             metric = None
     return replace(spec, dst=dst, table=table, src=src, metric=metric)
 
