@@ -390,3 +390,16 @@ async def test_other_interfaces_not_blocked(manager, kernel):
 async def test_invalid_arguments_named(manager, call, message):
     with pytest.raises(InvalidArgument, match=message):
         await call(manager)
+
+
+async def test_reconcile_reports_repairs_to_listeners(manager, kernel):
+    rec = Recorder()
+    await manager.attach("ipsec60", "a")
+    await manager.add_route("ipsec60", "a", "10.60.0.0/16")
+    manager.subscribe(rec)
+    await kernel.change_link(None, "ipsec60", up=False)
+    await kernel.remove_route(None, RouteSpec("10.60.0.0/16", "ipsec60"))
+    assert await manager.reconcile() == {"created": 0, "repaired": 1, "adopted": 0, "removed": 0}
+    (event,) = [e for e in rec.events if e[0] == "repaired"]
+    assert event[1] == "ipsec60" and "set up" in event[2] and "10.60.0.0/16" in event[2]
+    assert await manager.reconcile_interface("ipsec60") == {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}

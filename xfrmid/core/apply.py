@@ -30,22 +30,30 @@ class ApplyResult:
 
 
 async def snapshot(
-    kernel: KernelBackend, netns: str | None, names: set[str] | None = None
+    kernel: KernelBackend,
+    netns: str | None,
+    names: set[str] | None = None,
+    parts: frozenset[str] = frozenset({"address", "route", "rule"}),
 ) -> KernelView:
-    """Dump one namespace: xfrm links, addresses of ``names`` (all links if None), own routes and rules."""
+    """Dump one namespace: xfrm links, plus the ``parts`` asked for (each dump costs).
+
+    Addresses are read for ``names`` (all links if None); routes and rules are
+    xfrmid's own only. A part left out reads as empty.
+    """
     links = {state.name: state for state in await kernel.xfrm_links(netns)}
-    wanted = set(links) if names is None else names & set(links)
     addresses: dict[str, frozenset[str]] = {}
-    for name in sorted(wanted):
-        try:
-            addresses[name] = frozenset(await kernel.addresses(netns, name))
-        except NotFound:
-            pass  # deleted between the two dumps: the plan treats it as absent
+    if "address" in parts:
+        wanted = set(links) if names is None else names & set(links)
+        for name in sorted(wanted):
+            try:
+                addresses[name] = frozenset(await kernel.addresses(netns, name))
+            except NotFound:
+                pass  # deleted between the two dumps: the plan treats it as absent
     return KernelView(
         links=links,
         addresses=addresses,
-        routes=frozenset(await kernel.own_routes(netns)),
-        rules=frozenset(await kernel.own_rules(netns)),
+        routes=frozenset(await kernel.own_routes(netns)) if "route" in parts else frozenset(),
+        rules=frozenset(await kernel.own_rules(netns)) if "rule" in parts else frozenset(),
     )
 
 

@@ -43,6 +43,7 @@ class SavePoint:
 
 
 _LINK_OPS = ("create_link", "recreate_link", "change_link")
+ALL_PARTS = frozenset({"address", "route", "rule"})
 
 
 def _tag(action: Action) -> tuple | None:
@@ -113,16 +114,21 @@ class Syncer:
             marks=frozenset({current.if_id} if current else ()),
         )
         before = self.objects(key)
+        parts = ALL_PARTS
         try:
             mutate()
-            delta = self.objects(key) - before
+            after = self.objects(key)
+            # Only dump what this interface has or had: a plain Attach reads links only.
+            parts = frozenset(tag[0] for tag in before | after) | (
+                {"address"} if desired.retired.get(key) else set()
+            )
             await self.m.persist()
-            await self.sync(key, saved.marks, delta=delta)
+            await self.sync(key, saved.marks, delta=after - before, parts=parts)
         except XfrmidError:
             self._restore(saved)
             try:
                 await self.m.persist()
-                await self.sync(key, saved.marks, delta=frozenset())
+                await self.sync(key, saved.marks, delta=frozenset(), parts=parts)
             except XfrmidError as exc:
                 log.warning("could not undo a failed change of %s: %s", key[1], exc)
             self.m.publish(key)
@@ -140,12 +146,19 @@ class Syncer:
             desired.retired[saved.key] = saved.retired
 
     async def sync(
-        self, key: Key, marks: frozenset[int] = frozenset(), *, delta: frozenset[tuple] | None = None
+        self,
+        key: Key,
+        marks: frozenset[int] = frozenset(),
+        *,
+        delta: frozenset[tuple] | None = None,
+        parts: frozenset[str] = ALL_PARTS,
     ) -> list[Action]:
         """Make the kernel match the desired state for one interface; the actions done.
 
         ``delta``: what the calling change added; actions for it must succeed (raise),
-        the rest is best effort. None: all best effort (reconcile).
+        the rest is best effort. None: all best effort (reconcile). ``parts``: which
+        kinds of objects (address, route, rule) the interface has or had; the others
+        are not read.
         """
         netns, name = key
         iface = self.m.desired.get(key)
@@ -158,7 +171,7 @@ class Syncer:
         done: list[Action] = []
         for _ in range(MAX_PASSES):
             try:
-                view = await snapshot(self.m.kernel, netns, {name})
+                view = await snapshot(self.m.kernel, netns, {name}, parts)
             except XfrmidError as exc:
                 if must:
                     raise
