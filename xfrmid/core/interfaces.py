@@ -8,7 +8,7 @@ from ..errors import Conflict, InvalidArgument, KernelUnsupported
 from ..naming import check_ifname, check_unique, derived_if_id, resolve
 from ..settings import Settings, StaticInterface
 from ..validate import check_netns, parse_interface_cidr
-from .desired import DesiredInterface
+from .desired import DesiredInterface, DesiredState
 from .info import where
 
 if TYPE_CHECKING:
@@ -108,3 +108,38 @@ async def new_interface(
         check_unique(ident, taken)
     return DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=link, mtu=mtu,
                             external=bool(external), owned=True)
+
+
+def merge_static(desired: DesiredState, settings: Settings) -> None:
+    """Merge the configuration's interfaces into the desired state (pure; raises on a bad entry).
+
+    Interfaces no longer configured lose their static hold (and are dropped when nothing
+    else holds them); configured ones gain it, with the file's link, MTU and addresses.
+    """
+    wanted = {}
+    for static in settings.static_interfaces:
+        iface = check_static(static, settings)
+        wanted[iface.key] = iface
+    for key, iface in list(desired.interfaces.items()):
+        if iface.static and key not in wanted:
+            dropped = iface.static_addresses
+            iface.static, iface.static_addresses = False, set()
+            desired.retire(iface, dropped)
+            if not iface.wanted:
+                desired.drop(key)
+    for key, new in wanted.items():
+        old = desired.get(key)
+        if old is None:
+            desired.put(new)
+            continue
+        if old.if_id != new.if_id or old.external != new.external:
+            raise Conflict(
+                f"Configured interface {new.name!r}{where(new.netns)} has if_id {new.if_id}, "
+                f"but it exists with if_id {old.if_id}."
+            )
+        dropped = old.static_addresses - new.static_addresses
+        old.static, old.static_addresses = True, new.static_addresses
+        old.link = new.link if new.link is not None else old.link
+        old.mtu = new.mtu if new.mtu is not None else old.mtu
+        old.linger_until = None
+        desired.retire(old, dropped)

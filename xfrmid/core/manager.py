@@ -27,7 +27,6 @@ Choices where the contract is silent:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -41,9 +40,10 @@ from ..validate import check_netns, parse_interface_cidr
 from .desired import DesiredInterface, DesiredState, Key, check_owner
 from .gate import Gate, KeyedLocks
 from .info import build_info, where
-from .interfaces import check_mtu, check_static, new_interface, same_link
+from .interfaces import check_mtu, merge_static, new_interface, same_link
 from .routes_policy import route_request
 from .store import StateStore
+from .timers import KeyedTimers
 from .sync import Syncer
 from .views import AttachResult, InterfaceInfo, ManagerListener
 
@@ -66,8 +66,7 @@ class Manager:
         self._locks = KeyedLocks()
         self._listeners: list[ManagerListener] = []
         self._published: dict[Key, InterfaceInfo] = {}
-        self._lingering: dict[Key, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._linger = KeyedTimers(self._linger_expired)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -83,7 +82,7 @@ class Manager:
                 if iface.linger_until <= now:
                     self.desired.drop(iface.key)
                 else:
-                    self._schedule_linger(iface.key, iface.linger_until - now)
+                    self._linger.schedule(iface.key, iface.linger_until - now)
         async with self._gate.exclusive():
             await self.persist()
             counts = await self._sync.reconcile_all()
@@ -94,13 +93,8 @@ class Manager:
         """Wait for running calls, cancel linger timers. The kernel objects stay (they are promises);
         the kernel backend is not closed (its creator owns it)."""
         async with self._gate.exclusive():
-            for handle in self._lingering.values():
-                handle.cancel()
-            self._lingering.clear()
-            for task in list(self._tasks):
-                task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            pass  # running calls are done now
+        await self._linger.close()
 
     async def reload(self, settings: Settings) -> None:
         """Apply new settings: static interfaces added/removed/changed, peer table, MTU default.
@@ -119,34 +113,7 @@ class Manager:
             await self._sync.reconcile_all()
 
     def _apply_static(self, settings: Settings) -> None:
-        """Merge the configuration's interfaces into the desired state (raises on a bad entry)."""
-        wanted = {}
-        for static in settings.static_interfaces:
-            iface = check_static(static, settings)
-            wanted[iface.key] = iface
-        for key, iface in list(self.desired.interfaces.items()):
-            if iface.static and key not in wanted:
-                dropped = iface.static_addresses
-                iface.static, iface.static_addresses = False, set()
-                self.desired.retire(iface, dropped)
-                if not iface.wanted:
-                    self.desired.drop(key)
-        for key, new in wanted.items():
-            old = self.desired.get(key)
-            if old is None:
-                self.desired.put(new)
-                continue
-            if old.if_id != new.if_id or old.external != new.external:
-                raise Conflict(
-                    f"Configured interface {new.name!r}{where(new.netns)} has if_id {new.if_id}, "
-                    f"but it exists with if_id {old.if_id}."
-                )
-            dropped = old.static_addresses - new.static_addresses
-            old.static, old.static_addresses = True, new.static_addresses
-            old.link = new.link if new.link is not None else old.link
-            old.mtu = new.mtu if new.mtu is not None else old.mtu
-            old.linger_until = None
-            self.desired.retire(old, dropped)
+        merge_static(self.desired, settings)
 
     # --- queries -------------------------------------------------------------
 
@@ -231,7 +198,7 @@ class Manager:
                 if mtu is not None and current.owned:
                     current.mtu = mtu
                 self.desired.hold_created(key, cidrs, on_link)
-                self._cancel_linger(key)
+                self._linger.cancel(key)
 
             await self._sync.change(key, change)
             return self.info(key)
@@ -253,7 +220,7 @@ class Manager:
             if iface.owners and not force:
                 raise Busy(f"Interface {name!r}{where(netns)} is still attached by "
                            f"{', '.join(sorted(iface.owners))}; detach them or use force.")
-            await self._sync.change(key, lambda: (self.desired.drop(key), self._cancel_linger(key)))
+            await self._sync.change(key, lambda: (self.desired.drop(key), self._linger.cancel(key)))
 
     # --- attachments -----------------------------------------------------------
 
@@ -278,7 +245,7 @@ class Manager:
                 if fresh:
                     self.desired.put(iface)
                 self.desired.attach(key, owner, caller)
-                self._cancel_linger(key)
+                self._linger.cancel(key)
 
             await self._sync.change(key, change)
             info = self.info(key)
@@ -307,7 +274,7 @@ class Manager:
                 return
             if iface.owned and linger > 0:
                 iface.linger_until = time.time() + linger
-                self._schedule_linger(key, linger)
+                self._linger.schedule(key, linger)
             else:
                 self.desired.drop(key)
                 outcome["deleted"] = iface.owned
@@ -452,22 +419,6 @@ class Manager:
                 getattr(listener, event)(*args)
             except Exception:  # a broken listener must not break the core
                 log.exception("listener %r failed on %s", listener, event)
-
-    def _schedule_linger(self, key: Key, delay: float) -> None:
-        self._cancel_linger(key)
-        loop = asyncio.get_running_loop()
-        self._lingering[key] = loop.call_later(max(delay, 0), self._spawn_expiry, key)
-
-    def _cancel_linger(self, key: Key) -> None:
-        handle = self._lingering.pop(key, None)
-        if handle is not None:
-            handle.cancel()
-
-    def _spawn_expiry(self, key: Key) -> None:
-        self._lingering.pop(key, None)
-        task = asyncio.get_running_loop().create_task(self._linger_expired(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _linger_expired(self, key: Key) -> None:
         async with self._op(key):
