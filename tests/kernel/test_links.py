@@ -241,3 +241,11 @@ async def test_recreated_netns_is_not_confused_with_the_old_one(kernel):
         assert await kernel.xfrm_links(name) == []  # a fresh socket in the new namespace
     finally:
         del_netns(name)
+
+
+async def test_concurrent_identical_creates_agree(kernel, netns):
+    import asyncio
+
+    spec = LinkSpec(name="ipsec41", if_id=41)
+    first, second = await asyncio.gather(kernel.create_link(netns, spec), kernel.create_link(netns, spec))
+    assert first.ifindex == second.ifindex and first.name == "ipsec41"

@@ -191,8 +191,10 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
     try:
         await request(ipr, msg, RTM_NEWLINK, F_CREATE)
     except NetlinkError as exc:
-        if code_of(exc) == 17:  # EEXIST: lost a race; say what clashes now
+        if code_of(exc) == 17:  # EEXIST: lost a race; the winner may have made the same link
             for state in await xfrm_links(ipr, netns):
+                if state.name == spec.name and _same_identity(spec, state):
+                    return state
                 if state.name == spec.name or (not spec.external and state.if_id == spec.if_id):
                     raise Conflict(
                         f"{doing} failed: interface {state.name!r} with {_describe(state)} appeared meanwhile."
