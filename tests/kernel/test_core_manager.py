@@ -182,7 +182,7 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
     ip_run("route", "add", "10.13.0.0/16", "dev", "ipsec13", netns=netns)
     ip_run("rule", "add", "prio", "100", "to", "10.13.0.0/16", "lookup", "50", netns=netns)
 
-    m2 = Manager(Kernel(), settings)  # a new daemon: fresh sockets, same state file
+    m2 = Manager(Kernel(), settings)  # a new daemon: fresh netlink sockets, same state file
     counts = await m2.start()
     # (a leftover of another test module in the VM's own namespace would count as removed)
     assert counts["created"] == counts["repaired"] == counts["adopted"] == 0
@@ -197,7 +197,7 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
     ip_run("addr", "flush", "dev", "ipsec10", netns=netns)
     await kernel.create_link(netns, LinkSpec(name="ipsec99", if_id=99))
 
-    m3 = Manager(Kernel(), settings)
+    m3 = Manager(kernel, settings)  # (the fixture's sockets: saves a feature probe)
     counts = await m3.start()
     assert counts == {"created": 1, "repaired": 1, "adopted": 0, "removed": 1}
     assert link_exists("ipsec11", netns) and not link_exists("ipsec99", netns)
@@ -212,4 +212,3 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
                for r in ip("rule", "show", netns=netns))
     assert await m3.reconcile() == ZERO
     await m3.stop()
-    await m3.kernel.close()
