@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import NotFound, XfrmidError
+from ..journal import fields
 from ..kernel.backend import KernelBackend
 from ..kernel.objects import LinkState
 from .plan import Action, KernelView
@@ -87,6 +88,13 @@ async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
     return None
 
 
+def _fields(action: Action) -> dict:
+    """Journal fields (INTERFACE=, IF_ID=, NETNS=) of the interface an action concerns."""
+    return fields(
+        interface=action.ifname, if_id=action.link.if_id if action.link else None, netns=action.netns
+    )
+
+
 async def apply(
     kernel: KernelBackend, actions: list[Action], *, strict: bool | Callable[[Action], bool]
 ) -> ApplyResult:
@@ -105,12 +113,14 @@ async def apply(
         except XfrmidError as exc:
             if strict is True or (callable(strict) and strict(action)):
                 raise
-            log.warning("failed (%s): %s", action.detail, exc)
+            log.warning("failed (%s): %s", action.detail, exc, extra=_fields(action))
             result.failed.append((action, exc))
             continue
         result.done.append(action)
         if state is not None:
             result.links[state.name] = state
         if action.category is not None:
-            log.info("%s%s", action.detail, f" in netns {action.netns}" if action.netns else "")
+            log.info(
+                "%s%s", action.detail, f" in netns {action.netns}" if action.netns else "", extra=_fields(action)
+            )
     return result
