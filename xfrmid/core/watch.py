@@ -3,12 +3,9 @@
 The Watcher keeps one kernel monitor per namespace that holds managed
 interfaces (and always the daemon's own), collects their events and, once
 things are quiet for ``quiet`` seconds (or at the latest ``max_delay`` after
-the first event of a burst), decides whether anything it saw breaks a promise:
-
-- a managed link deleted, set down, renamed, given another MTU;
-- an address, or a route xfrmid installed, deleted from a managed link;
-- a rule carrying xfrmid's marker deleted;
-- the event stream lost (socket overrun, namespace replaced): always.
+the first event of a burst), decides whether anything it saw breaks a promise
+(``drift.Managed.is_drift``: a managed link deleted or set down, a promised
+address, route or rule deleted, the event stream lost...).
 
 Only then it repairs: with the injected ``reconcile_one(name, netns)`` (the
 manager's ``reconcile_interface``) when the drift concerns a few known
@@ -26,23 +23,14 @@ reconcile are logged and retried with backoff.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from ..kernel.events import (
-    AddressEvent,
-    Event,
-    Interest,
-    LinkEvent,
-    ResyncEvent,
-    RouteEvent,
-    RuleEvent,
-)
-from ..kernel.objects import XFRMID_PROTO
+from ..kernel.events import Event, Interest, ResyncEvent
+from .drift import Managed, event_key
 from .views import InterfaceInfo
 
 log = logging.getLogger("xfrmid.watch")
@@ -75,33 +63,6 @@ def _label(netns: str | None) -> str:
     return repr(netns) if netns else "<own>"
 
 
-def _key(ev: Event) -> tuple:
-    """The object an event is about: later events on it supersede earlier ones."""
-    if isinstance(ev, LinkEvent):
-        return ("link", ev.netns, ev.ifindex)
-    if isinstance(ev, AddressEvent):
-        return ("addr", ev.netns, ev.ifindex, ev.address)
-    if isinstance(ev, RouteEvent):
-        return ("route", ev.netns, ev.family, ev.dst, ev.table, ev.metric)
-    if isinstance(ev, RuleEvent):
-        return ("rule", ev.netns, ev.family, ev.priority, ev.table, ev.dst, ev.src)
-    return ("resync", ev.netns)
-
-
-def _iface(text: str) -> str:
-    try:
-        return ipaddress.ip_interface(text).with_prefixlen
-    except ValueError:
-        return text
-
-
-def _network(text: str) -> str:
-    try:
-        return ipaddress.ip_network(text, strict=False).with_prefixlen
-    except ValueError:
-        return text
-
-
 class Watcher:
     """Turns kernel events into calls of ``reconcile``; see the module doc."""
 
@@ -121,10 +82,7 @@ class Watcher:
         self.max_delay = max(max_delay, quiet)
         self.judge = judge  # False: every event the monitors pass triggers a reconcile
         self._factory = monitor_factory
-        self._infos: dict[tuple[str | None, str], InterfaceInfo] = {}
-        self._names: dict[tuple[str | None, int], str] = {}  # (netns, ifindex) -> name
-        self._routes: dict[tuple[str | None, str, int], str] | None = None  # -> name; built per burst
-        self._interest: dict[str | None, Interest] = {}
+        self._managed = Managed()
         self._monitors: dict[str | None, Monitor] = {}
         self._extra_netns: set[str | None] = {None}
         self._pending: dict[tuple, Event] = {}
@@ -236,38 +194,25 @@ class Watcher:
 
     def set_interfaces(self, infos: Iterable[InterfaceInfo]) -> None:
         """Replace everything known, e.g. with the manager's views after the start-up reconcile."""
-        self._infos.clear()
-        self._names.clear()
-        for interest in self._interest.values():
-            interest.names.clear()
-            interest.indexes.clear()
+        self._managed.clear()
         for info in infos:
-            self._remember(info)
+            self._managed.remember(info)
         self._sync_monitors()
 
     def interface_added(self, info: InterfaceInfo) -> None:
-        self._remember(info)
+        self._managed.remember(info)
         self._sync_monitors()
 
     def interface_changed(self, info: InterfaceInfo) -> None:
-        self._remember(info)
+        self._managed.remember(info)
         self._sync_monitors()
 
     def repaired(self, info: InterfaceInfo, what: str) -> None:
-        self._remember(info)
+        self._managed.remember(info)
         self._sync_monitors()
 
     def interface_removed(self, info: InterfaceInfo) -> None:
-        netns = info.netns or None
-        old = self._infos.pop((netns, info.name), None)
-        interest = self._interest.get(netns)
-        for idx in {info.ifindex, old.ifindex if old else 0} - {0}:
-            if self._names.get((netns, idx)) == info.name:
-                del self._names[(netns, idx)]
-            if interest is not None:
-                interest.indexes.discard(idx)
-        if interest is not None:
-            interest.names.discard(info.name)
+        self._managed.forget(info)
         self._sync_monitors()
 
     def watch_netns(self, netns: str | None) -> None:
@@ -280,27 +225,8 @@ class Watcher:
             self._extra_netns.discard(netns)
             self._sync_monitors()
 
-    def _remember(self, info: InterfaceInfo) -> None:
-        netns = info.netns or None
-        old = self._infos.get((netns, info.name))
-        self._infos[(netns, info.name)] = info
-        interest = self._interest_of(netns)
-        interest.names.add(info.name)
-        if old is not None and old.ifindex and old.ifindex != info.ifindex:
-            interest.indexes.discard(old.ifindex)
-            self._names.pop((netns, old.ifindex), None)
-        if info.ifindex > 0:
-            interest.indexes.add(info.ifindex)
-            self._names[(netns, info.ifindex)] = info.name
-
-    def _interest_of(self, netns: str | None) -> Interest:
-        interest = self._interest.get(netns)
-        if interest is None:
-            interest = self._interest[netns] = Interest()
-        return interest
-
     def _wanted_netns(self) -> set[str | None]:
-        return self._extra_netns | {netns for netns, _name in self._infos}
+        return self._extra_netns | self._managed.namespaces()
 
     def _sync_monitors(self) -> None:
         if not self._started:
@@ -320,7 +246,7 @@ class Watcher:
     async def _start_monitor(self, netns: str | None) -> None:
         if netns in self._monitors:
             return
-        monitor = self._factory(netns, self.feed, self._interest_of(netns))
+        monitor = self._factory(netns, self.feed, self._managed.interest_of(netns))
         self._monitors[netns] = monitor
         try:
             await monitor.start()
@@ -344,7 +270,7 @@ class Watcher:
             if isinstance(ev, ResyncEvent) and ev.overrun:
                 self.overruns += 1
             if len(self._pending) < MAX_PENDING:
-                self._pending[_key(ev)] = ev
+                self._pending[event_key(ev)] = ev
             else:
                 self._overflow = True
             if self._timer is None and not self._busy:
@@ -401,8 +327,8 @@ class Watcher:
                 log.warning("netlink overrun in netns %s; resynchronising", _label(netns or None))
             else:
                 log.info("netns %s: %s; resynchronising", _label(netns or None), evs[-1].reason)
-        self._routes = None
-        drift = [ev for ev in events if self._is_drift(ev)]
+        self._managed.new_burst()
+        drift = [ev for ev in events if not self.judge or self._managed.is_drift(ev)]
         if self._held or self._held_all:
             drift = self._defer_held(drift)
         if not (drift or overflow or retry):
@@ -436,29 +362,17 @@ class Watcher:
         else:
             log.debug("%d drift events: nothing to repair", len(drift))
 
-    def _target(self, ev: Event) -> tuple[str | None, str] | None:
-        """The managed interface an event is about; None for rules and resyncs."""
-        info = None
-        if isinstance(ev, LinkEvent):
-            info = self._infos.get((ev.netns, ev.ifname)) or self._by_index(ev.netns, ev.ifindex)
-        elif isinstance(ev, AddressEvent):
-            info = self._by_index(ev.netns, ev.ifindex)
-        elif isinstance(ev, RouteEvent) and self._routes is not None:
-            name = self._routes.get((ev.netns, ev.dst, ev.table))
-            return None if name is None else (ev.netns, name)
-        return None if info is None else (ev.netns, info.name)
-
     def _defer_held(self, drift: list[Event]) -> list[Event]:
         """Put drift on interfaces xfrmid is changing back to pending; the rest."""
         rest = []
         now = asyncio.get_running_loop().time()
         for ev in drift:
-            target = self._target(ev)
+            target = self._managed.target(ev)
             if self._held_all or (target is not None and target in self._held):
                 if not self._pending and not self._overflow:
                     self._first = now
                 self._last = now
-                self._pending.setdefault(_key(ev), ev)  # a newer event on it wins
+                self._pending.setdefault(event_key(ev), ev)  # a newer event on it wins
             else:
                 rest.append(ev)
         return rest
@@ -469,7 +383,7 @@ class Watcher:
             return None
         targets: set[tuple[str | None, str]] = set()
         for ev in drift:
-            target = self._target(ev)
+            target = self._managed.target(ev)
             if target is None:
                 return None  # rules, resyncs: only a full reconcile knows
             targets.add(target)
@@ -481,7 +395,7 @@ class Watcher:
         assert self.reconcile_one is not None
         totals: dict[str, int] = {}
         for netns, name in sorted(targets, key=lambda k: (k[0] or "", k[1])):
-            if (netns, name) not in self._infos:
+            if (netns, name) not in self._managed.infos:
                 continue  # no longer managed: nothing to keep
             self.repairs += 1
             try:
@@ -495,49 +409,6 @@ class Watcher:
             for key, value in (counts or {}).items():
                 totals[key] = totals.get(key, 0) + value
         return totals
-
-    # -- what counts as drift ---------------------------------------------
-
-    def _is_drift(self, ev: Event) -> bool:
-        if isinstance(ev, ResyncEvent) or not self.judge:
-            return True
-        if isinstance(ev, LinkEvent):
-            return self._link_drift(ev)
-        if isinstance(ev, AddressEvent):
-            if not ev.deleted:
-                return False  # additions never break a promise
-            info = self._by_index(ev.netns, ev.ifindex)
-            return info is not None and _iface(ev.address) in {_iface(a) for a in info.addresses}
-        if isinstance(ev, RouteEvent):
-            if not ev.deleted or ev.protocol != XFRMID_PROTO:
-                return False
-            if self._routes is None:
-                self._routes = {
-                    (netns, _network(dst), table): name
-                    for (netns, name), info in self._infos.items()
-                    for dst, table, _src in info.routes
-                }
-            return (ev.netns, ev.dst, ev.table) in self._routes
-        if isinstance(ev, RuleEvent):
-            # no view lists rules: any rule of ours deleted is worth a look
-            return ev.deleted and ev.protocol == XFRMID_PROTO
-        return True
-
-    def _link_drift(self, ev: LinkEvent) -> bool:
-        info = self._infos.get((ev.netns, ev.ifname))
-        if info is None:
-            # a managed link renamed away is drift; anything else is not ours
-            return not ev.deleted and self._by_index(ev.netns, ev.ifindex) is not None
-        if ev.deleted:
-            # an older incarnation going away (xfrmid recreated it) is not
-            return info.ifindex in (0, ev.ifindex)
-        if ev.kind is not None and ev.kind != "xfrm":
-            return True  # a foreign device took a managed name
-        return not ev.up or bool(info.mtu and ev.mtu != info.mtu)
-
-    def _by_index(self, netns: str | None, ifindex: int) -> InterfaceInfo | None:
-        name = self._names.get((netns, ifindex))
-        return None if name is None else self._infos.get((netns, name))
 
 
 def _is_xfrmid_error(exc: BaseException) -> bool:

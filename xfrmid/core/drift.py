@@ -1,0 +1,173 @@
+"""What xfrmid manages, as the watcher knows it, and which events break a promise.
+
+The watcher hears about managed interfaces from the manager's listener calls
+(InterfaceInfo views) and keeps them here, with the ``Interest`` of each
+namespace that the monitors filter by. ``is_drift`` answers, for the last
+event on one kernel object, whether it means a promise is broken now:
+
+- a managed link deleted (not an older incarnation), set down, renamed away,
+  given another MTU, or its name taken by another kind of device;
+- an address a view lists deleted from a managed link;
+- a route a view lists (protocol 120) deleted;
+- a rule carrying protocol 120 deleted (no view lists rules);
+- a resync (the event stream was lost): always.
+
+Additions are never drift: they cannot break a promise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..kernel.events import (
+    AddressEvent,
+    Event,
+    Interest,
+    LinkEvent,
+    ResyncEvent,
+    RouteEvent,
+    RuleEvent,
+)
+from ..kernel.objects import XFRMID_PROTO
+from .views import InterfaceInfo
+
+Key = tuple["str | None", str]  # (netns, name), netns None for the daemon's own
+
+
+def event_key(ev: Event) -> tuple:
+    """The object an event is about: later events on it supersede earlier ones."""
+    if isinstance(ev, LinkEvent):
+        return ("link", ev.netns, ev.ifindex)
+    if isinstance(ev, AddressEvent):
+        return ("addr", ev.netns, ev.ifindex, ev.address)
+    if isinstance(ev, RouteEvent):
+        return ("route", ev.netns, ev.family, ev.dst, ev.table, ev.metric)
+    if isinstance(ev, RuleEvent):
+        return ("rule", ev.netns, ev.family, ev.priority, ev.table, ev.dst, ev.src)
+    return ("resync", ev.netns)
+
+
+def _iface(text: str) -> str:
+    try:
+        return ipaddress.ip_interface(text).with_prefixlen
+    except ValueError:
+        return text
+
+
+def _network(text: str) -> str:
+    try:
+        return ipaddress.ip_network(text, strict=False).with_prefixlen
+    except ValueError:
+        return text
+
+
+class Managed:
+    """The managed interfaces by (netns, name) and by ifindex, and each namespace's Interest."""
+
+    def __init__(self) -> None:
+        self.infos: dict[Key, InterfaceInfo] = {}
+        self.interest: dict[str | None, Interest] = {}
+        self._names: dict[tuple[str | None, int], str] = {}  # (netns, ifindex) -> name
+        self._routes: dict[tuple[str | None, str, int], str] | None = None  # -> name; per burst
+
+    def interest_of(self, netns: str | None) -> Interest:
+        interest = self.interest.get(netns)
+        if interest is None:
+            interest = self.interest[netns] = Interest()
+        return interest
+
+    def namespaces(self) -> set[str | None]:
+        return {netns for netns, _name in self.infos}
+
+    def clear(self) -> None:
+        self.infos.clear()
+        self._names.clear()
+        for interest in self.interest.values():
+            interest.names.clear()
+            interest.indexes.clear()
+
+    def remember(self, info: InterfaceInfo) -> None:
+        netns = info.netns or None
+        old = self.infos.get((netns, info.name))
+        self.infos[(netns, info.name)] = info
+        interest = self.interest_of(netns)
+        interest.names.add(info.name)
+        if old is not None and old.ifindex and old.ifindex != info.ifindex:
+            interest.indexes.discard(old.ifindex)
+            self._names.pop((netns, old.ifindex), None)
+        if info.ifindex > 0:
+            interest.indexes.add(info.ifindex)
+            self._names[(netns, info.ifindex)] = info.name
+
+    def forget(self, info: InterfaceInfo) -> None:
+        netns = info.netns or None
+        old = self.infos.pop((netns, info.name), None)
+        interest = self.interest.get(netns)
+        for idx in {info.ifindex, old.ifindex if old else 0} - {0}:
+            if self._names.get((netns, idx)) == info.name:
+                del self._names[(netns, idx)]
+            if interest is not None:
+                interest.indexes.discard(idx)
+        if interest is not None:
+            interest.names.discard(info.name)
+
+    def by_index(self, netns: str | None, ifindex: int) -> InterfaceInfo | None:
+        name = self._names.get((netns, ifindex))
+        return None if name is None else self.infos.get((netns, name))
+
+    # -- judging one burst ------------------------------------------------------
+
+    def new_burst(self) -> None:
+        """Views may have changed since the last burst: drop what was derived from them."""
+        self._routes = None
+
+    def _route_owners(self) -> dict[tuple[str | None, str, int], str]:
+        if self._routes is None:
+            self._routes = {
+                (netns, _network(dst), table): name
+                for (netns, name), info in self.infos.items()
+                for dst, table, _src in info.routes
+            }
+        return self._routes
+
+    def is_drift(self, ev: Event) -> bool:
+        if isinstance(ev, ResyncEvent):
+            return True
+        if isinstance(ev, LinkEvent):
+            return self._link_drift(ev)
+        if isinstance(ev, AddressEvent):
+            if not ev.deleted:
+                return False
+            info = self.by_index(ev.netns, ev.ifindex)
+            return info is not None and _iface(ev.address) in {_iface(a) for a in info.addresses}
+        if isinstance(ev, RouteEvent):
+            if not ev.deleted or ev.protocol != XFRMID_PROTO:
+                return False
+            return (ev.netns, ev.dst, ev.table) in self._route_owners()
+        if isinstance(ev, RuleEvent):
+            return ev.deleted and ev.protocol == XFRMID_PROTO
+        return True
+
+    def _link_drift(self, ev: LinkEvent) -> bool:
+        info = self.infos.get((ev.netns, ev.ifname))
+        if info is None:
+            # a managed link renamed away is drift; anything else is not ours
+            return not ev.deleted and self.by_index(ev.netns, ev.ifindex) is not None
+        if ev.deleted:
+            # an older incarnation going away (xfrmid recreated it) is not
+            return info.ifindex in (0, ev.ifindex)
+        if ev.kind is not None and ev.kind != "xfrm":
+            return True  # a foreign device took a managed name
+        return not ev.up or bool(info.mtu and ev.mtu != info.mtu)
+
+    def target(self, ev: Event) -> Key | None:
+        """The managed interface an event is about; None for rules and resyncs."""
+        info = None
+        if isinstance(ev, LinkEvent):
+            info = self.infos.get((ev.netns, ev.ifname)) or self.by_index(ev.netns, ev.ifindex)
+        elif isinstance(ev, AddressEvent):
+            info = self.by_index(ev.netns, ev.ifindex)
+        elif isinstance(ev, RouteEvent):
+            name = self._route_owners().get((ev.netns, ev.dst, ev.table))
+            return None if name is None else (ev.netns, name)
+        return None if info is None else (ev.netns, info.name)
