@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
+import queue
+import threading
 import time
 import signal
 import subprocess
@@ -374,6 +375,16 @@ def test_xfrmctl_end_to_end(xfrmid, capsys):
     # the monitor is a real separate process (it runs until interrupted)
     mon = subprocess.Popen([sys.executable, "-m", "xfrmid.cli.main", "--bus", a, "monitor", "--json"],
                            stdout=subprocess.PIPE, text=True, cwd=TOP)
+    events: queue.Queue = queue.Queue()
+    # a reader thread: select() on the pipe misses lines already in Python's buffer
+    threading.Thread(target=lambda: [events.put(json.loads(x)) for x in mon.stdout], daemon=True).start()
+
+    def next_event(timeout: float):
+        try:
+            return events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     try:
         rc, out, err = _xfrmctl(capsys, a, "attach", "ipsec216", "cli-a", "--json")
         assert rc == 0 and json.loads(out)["if_id"] == 216, err
@@ -401,18 +412,18 @@ def test_xfrmctl_end_to_end(xfrmid, capsys):
         while time.monotonic() < deadline and not lines:
             probe += 1
             _xfrmctl(capsys, a, "attach", "ipsec216", f"probe{probe}")
-            ready, _, _ = select.select([mon.stdout], [], [], 15)
-            if ready:
-                lines.append(json.loads(mon.stdout.readline()))
+            event = next_event(15)
+            if event is not None:
+                lines.append(event)
         for n in range(1, probe + 1):
             _xfrmctl(capsys, a, "detach", "ipsec216", f"probe{n}")
         assert _xfrmctl(capsys, a, "detach", "ipsec216", "cli-a") == (0, "ipsec216 deleted (last reference).\n", "")
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([mon.stdout], [], [], 5)
-            if ready:
-                lines.append(json.loads(mon.stdout.readline()))
-                if lines[-1]["event"] == "removed":
+            event = next_event(5)
+            if event is not None:
+                lines.append(event)
+                if event["event"] == "removed":
                     break
         assert lines and lines[-1] == {"event": "removed", "path": "/org/xfrmid1/interface/ipsec216"}, lines
         assert any(e["event"] == "changed" and "Owners" in e["properties"] for e in lines)
