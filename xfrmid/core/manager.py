@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from ..errors import Busy, Conflict, InvalidArgument, NotFound, NotOwned, XfrmidError
@@ -67,6 +67,8 @@ class Manager:
         self._listeners: list[ManagerListener] = []
         self._published: dict[Key, InterfaceInfo] = {}
         self._linger = KeyedTimers(self._linger_expired)
+        # The drift watcher replaces this so xfrmid's own changes are not "repaired".
+        self.hold = lambda key=None: nullcontext()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -385,7 +387,8 @@ class Manager:
     async def _op(self, key: Key):
         async with self._gate.shared():
             async with self._locks(key):
-                yield
+                with self.hold(key):
+                    yield
 
     async def persist(self) -> None:
         await self.store.save(self.desired.to_json)
