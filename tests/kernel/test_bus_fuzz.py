@@ -34,14 +34,14 @@ OPTION_KEYS = ["netns", "link", "mtu", "external", "addresses", "force", "bind_t
                "metric", "peer", "colour", ""]
 
 # D-Bus strings cannot carry NUL (the library refuses to send them)
-text = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=40)
+text = st.text(alphabet=st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=40)
 names = st.one_of(
     st.sampled_from([f"ipsec{n}" for n in range(250, 258)]),
     st.sampled_from(["", "ipsec", "ipsec01", "lo", "eth0", "x" * 16, "a/b", "a b", "ipsec4294967296"]),
     st.text(string.printable, max_size=20),
 )
 owners = st.one_of(st.sampled_from(["pluto-a", "pluto-b", "nm-1"]), text,
-                   st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=250, max_size=300))
+                   st.text(alphabet=st.characters(codec="utf-8", blacklist_characters="\x00"), min_size=250, max_size=300))
 addresses = st.one_of(
     st.sampled_from(["10.250.0.1/24", "10.250.0.2/32", "fd00:250::1/64", "0.0.0.0/0", "::/0", "10.251.0.0/16",
                      "192.0.2.0/24", "fe80::/10", "224.0.0.0/4", "10.250.0.1", "999.1.1.1/8", "10.0.0.1/33"]),
