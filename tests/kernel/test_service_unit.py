@@ -56,6 +56,12 @@ def run():
     try:
         _install(root, TOP / "systemd/xfrmid.service", "/etc/systemd/system/xfrmid.service")
         _install(root, HERE / "test-env.conf", "/etc/systemd/system/xfrmid.service.d/test-env.conf")
+        if TOP.is_relative_to("/tmp"):
+            # A checkout under /tmp (a CI clone, say) holds the venv the console
+            # scripts run from; PrivateTmp=yes would hide it from the service.
+            (root / "etc/systemd/system/xfrmid.service.d/tmp-checkout.conf").write_text(
+                "[Service]\nPrivateTmp=no\n"
+            )
         _install(root, HERE / "xfrmid-check.service", "/etc/systemd/system/xfrmid-check.service")
         _install(root, HERE / "check.sh", "/xfrmid-test/check.sh", 0o755)
         _install(root, TOP / "dbus/org.xfrmid1.conf", "/usr/share/dbus-1/system.d/org.xfrmid1.conf")
