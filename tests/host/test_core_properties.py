@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xfrmid.core.manager import Manager
@@ -189,5 +189,7 @@ async def scenario(steps: list[tuple]) -> None:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op, min_size=5, max_size=40))
+# Found by CI: the same destination with and without a peer could not be ordered for the state file.
+@example([("attach", "ipsec1", "a")] * 3 + [("add_route", "ipsec1", "a", 0), ("add_route", "ipsec1", "a", 1)])
 def test_random_sequences_keep_kernel_exact(steps):
     asyncio.run(scenario(steps))

@@ -50,7 +50,7 @@ class Owner:
     def to_json(self) -> dict:
         data: dict = {
             "addresses": sorted(self.addresses),
-            "routes": [r.to_json() for r in sorted(self.routes)],
+            "routes": [r.to_json() for r in sorted(self.routes, key=RouteRequest.sort_key)],
         }
         if self.caller is not None:
             data["caller"] = self.caller

@@ -27,7 +27,7 @@ from ..validate import family_of, parse_address, parse_network
 _RESERVED_TABLES = {0: "unspecified", 253: "default", 255: "local"}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class RouteRequest:
     """One route as an owner asked for it (normalised), before expansion."""
 
@@ -39,6 +39,16 @@ class RouteRequest:
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def sort_key(self) -> tuple:
+        """A total order: unset options sort first (tuple order fails on None)."""
+        return (
+            self.destination,
+            -1 if self.table is None else self.table,
+            self.src or "",
+            -1 if self.metric is None else self.metric,
+            self.peer or "",
+        )
 
     @classmethod
     def from_json(cls, data: dict) -> "RouteRequest":
