@@ -31,31 +31,9 @@ show() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 xfrmctl() { "$py" -m xfrmid.cli.main --bus "$ADDR" "$@"; }
 
 step "A private system-like bus that includes dbus/org.xfrmid1.conf"
-cat >"$work/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$work/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <include>$top/dbus/org.xfrmid1.conf</include>
-</busconfig>
-CONF
-dbus-daemon --config-file="$work/bus.conf" --nofork --nopidfile --print-address=3 3>"$work/address" &
+# the same system-like configuration as the kernel tests; the socket is this run's
+dbus-daemon --config-file="$top/tests/kernel/private-bus.conf" --address="unix:path=$work/bus" \
+    --nofork --nopidfile --print-address=3 3>"$work/address" &
 bus_pid=$!
 for _ in $(seq 100); do [ -s "$work/address" ] && break; sleep 0.1; done
 ADDR=$(cut -d, -f1 <"$work/address")

@@ -4,10 +4,11 @@ Imported by tests/kernel/test_bus_*.py (``from bus_fixtures import ...``);
 the fixtures are module-scoped so a test file boots one bus and one daemon
 and its tests use distinct interface names and clean up after themselves.
 
-``policy=True`` builds a system-bus-like configuration (deny by default)
-that includes the project's dbus/org.xfrmid1.conf, as a distribution would;
-``policy=False`` opens the bus to everything, so only the daemon's own
-check stands between a user and a mutating call.
+``policy=True`` starts a system-bus-like configuration (deny by default,
+private-bus.conf) that includes the project's dbus/org.xfrmid1.conf, as a
+distribution would; ``policy=False`` opens the bus to everything
+(private-bus-open.conf), so only the daemon's own check stands between a
+user and a mutating call.
 """
 
 from __future__ import annotations
@@ -30,48 +31,9 @@ TOP = Path(__file__).resolve().parents[2]
 POLICY = TOP / "dbus" / "org.xfrmid1.conf"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
-_HEAD = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-"""
-
-# The default policy of Debian's system.conf, trimmed to what matters here.
-_SYSTEM_LIKE = """  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"""
-
-_WIDE_OPEN = """  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
+# The bus configurations (shared with examples/demo.sh); each run gets its own socket.
+BUS_CONF = TOP / "tests" / "kernel" / "private-bus.conf"  # system-like, includes POLICY
+OPEN_BUS_CONF = TOP / "tests" / "kernel" / "private-bus-open.conf"
 
 
 @dataclass
@@ -93,10 +55,10 @@ def start_bus(policy: bool = True) -> PrivateBus:
     directory = Path(tempfile.mkdtemp(prefix="xfrmid-bus-"))
     directory.chmod(0o755)  # unprivileged clients must reach the socket
     socket = directory / "bus"
-    config = directory / "bus.conf"
-    config.write_text(_HEAD.format(socket=socket) + (_SYSTEM_LIKE.format(policy=POLICY) if policy else _WIDE_OPEN))
+    config = BUS_CONF if policy else OPEN_BUS_CONF
     proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1", "--nopidfile"],
+        ["dbus-daemon", f"--config-file={config}", f"--address=unix:path={socket}", "--nofork",
+         "--print-address=1", "--nopidfile"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = proc.stdout.readline().strip()
@@ -165,7 +127,7 @@ class Daemon:
 
 
 def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Path | None = None,
-                 timeout: float = 600) -> Daemon:
+                 timeout: float = 600, args: tuple[str, ...] = ()) -> Daemon:
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="xfrmid-state-"))
     config = state_dir.parent / (state_dir.name + ".conf")
     if config_text is not None:
@@ -174,7 +136,7 @@ def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Pat
     out = open(log, "ab")
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
-         "--state-dir", str(state_dir), "--log-level", "debug"],
+         "--state-dir", str(state_dir), "--log-level", "debug", *args],
         stdout=out, stderr=subprocess.STDOUT, cwd=TOP,
     )
     daemon = Daemon(bus, proc, log, state_dir, config)
