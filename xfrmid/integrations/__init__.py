@@ -1,0 +1,1 @@
+"""Programs that plug xfrmid into other software (libreswan's updown hook)."""
