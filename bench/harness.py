@@ -1,0 +1,220 @@
+"""What the benchmarks stand on: a private bus, the daemon in a namespace of its own, ip -batch, timing.
+
+Runs as root inside the test VM. Every benchmark works in network namespaces
+it creates (``xfrmid-bench-*``), so it never touches links of other tests and
+cleans up by deleting the namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[1]
+
+
+def netns_add(name: str) -> str:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    return name
+
+
+def netns_del(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def ip_batch(netns: str, lines: list[str], *, force: bool = False) -> float:
+    """Run ``ip -batch`` in ``netns``; the seconds it took. Raises on failure unless ``force``."""
+    with tempfile.NamedTemporaryFile("w", prefix="xfrmid-bench-", suffix=".batch", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+        path = f.name
+    try:
+        cmd = ["ip", "-n", netns] + (["-force"] if force else []) + ["-batch", path]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        took = time.perf_counter() - start
+    finally:
+        os.unlink(path)
+    if proc.returncode != 0 and not force:
+        raise RuntimeError(f"ip -batch failed in {netns}: {proc.stderr.strip()[:500]}")
+    return took
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+@dataclass
+class Bus:
+    address: str
+    directory: Path
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_type="method_call"/><allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/><allow receive_type="method_return"/>
+    <allow receive_type="error"/><allow receive_type="signal"/>
+  </policy>
+  <limit name="max_replies_per_connection">100000</limit>
+</busconfig>
+"""
+
+
+def start_bus() -> Bus:
+    """A private dbus-daemon open to root (the bench's caller is root anyway)."""
+    directory = Path(tempfile.mkdtemp(prefix="xfrmid-bench-bus-"))
+    config = directory / "bus.conf"
+    config.write_text(_BUS_CONF.format(socket=directory / "bus"))
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1", "--nopidfile"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line:
+        proc.kill()
+        raise RuntimeError("dbus-daemon did not start")
+    return Bus(line.split(",guid=")[0], directory, proc)
+
+
+class Notify:
+    """A NOTIFY_SOCKET like systemd's: the daemon's READY=1 ends the start-up measurement."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="xfrmid-bench-notify-")
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(self.path)
+
+    def wait_ready(self, proc: subprocess.Popen, timeout: float) -> float | None:
+        """Monotonic time READY=1 arrived, or None (daemon died or timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return None
+            self.sock.settimeout(1.0)
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            if b"READY=1" in data.split(b"\n"):
+                return time.monotonic()
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen
+    log: Path
+    state_dir: Path
+    started: float  # monotonic time of the exec
+    ready: float | None  # monotonic time of READY=1
+    profiled: bool = False  # started under py-spy: the daemon is py-spy's child
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(VmRSS, VmHWM) in MiB."""
+        values = {}
+        for line in Path(f"/proc/{daemon_pid(self)}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+        return values["VmRSS"], values["VmHWM"]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            # the daemon itself, not a py-spy wrapping it (py-spy writes its profile when it exits)
+            os.kill(daemon_pid(self), signal.SIGTERM)
+            try:
+                self.process.wait(120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def start_daemon(bus: Bus, netns: str, state_dir: Path, *, timeout: float,
+                 profile: str | None = None) -> Daemon:
+    """Start xfrmid inside ``netns`` (its own namespace there) and wait for READY=1.
+
+    ``profile``: a file for py-spy's flame graph of this daemon (py-spy must be installed).
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = state_dir.parent / (state_dir.name + ".conf")
+    config.write_text("")
+    log = state_dir.parent / (state_dir.name + ".log")
+    notify = Notify()
+    cmd = [sys.executable, "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
+           "--state-dir", str(state_dir), "--log-level", "info"]
+    if profile:
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-f", "raw",
+               "-r", "50", "--nonblocking", "--"] + cmd
+    env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
+    env["NOTIFY_SOCKET"] = notify.path
+    env["PYTHONPATH"] = str(TOP)
+    started = time.monotonic()
+    proc = subprocess.Popen(["ip", "netns", "exec", netns] + cmd, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT, cwd=TOP, env=env)
+    try:
+        ready = notify.wait_ready(proc, timeout)
+    finally:
+        notify.close()
+    daemon = Daemon(proc, log, state_dir, started, ready, profiled=bool(profile))
+    if ready is None:
+        daemon.stop()
+        raise RuntimeError(f"xfrmid did not become ready within {timeout:.0f}s:\n{daemon.tail()}")
+    return daemon
+
+
+def daemon_pid(daemon: Daemon) -> int:
+    """The daemon's own pid (``ip netns exec`` execs it, py-spy forks it)."""
+    if not daemon.profiled:
+        return daemon.process.pid
+    try:
+        children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return int(children[0]) if children else daemon.process.pid

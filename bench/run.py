@@ -1,0 +1,183 @@
+"""Run the issue-6 benchmarks (as root, inside the test VM) and write build/reports/bench.json.
+
+    python -m bench.run [--n 1000] [--scale 10000] [--out build/reports/bench.json] [--profile DIR]
+
+``--n`` interfaces are created and deleted through the API; ``--scale``
+managed interfaces (each with one owner, address and route) are the state for
+start-up, memory, latency and the event storm. Environment BENCH_N and
+BENCH_SCALE give the defaults (``make bench BENCH_N=20 BENCH_SCALE=20``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from xfrmid.client import Client
+
+from . import cases
+from .harness import TOP, netns_add, netns_del, start_bus, start_daemon, timed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="xfrmid performance benchmarks (issue 6).")
+    parser.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", 1000)),
+                        help="interfaces to create and delete through the API (default 1000, env BENCH_N)")
+    parser.add_argument("--scale", type=int, default=int(os.environ.get("BENCH_SCALE", 10000)),
+                        help="managed interfaces for startup/latency/event_storm/memory (default 10000, env BENCH_SCALE)")
+    parser.add_argument("--samples", type=int, default=200, help="calls timed for the latency medians (default 200)")
+    parser.add_argument("--out", default=str(TOP / "build" / "reports" / "bench.json"), help="where the JSON goes")
+    parser.add_argument("--profile", metavar="DIR", help="run each daemon under py-spy, collapsed stacks in DIR")
+    parser.add_argument("--storm-wait", type=float, default=60.0,
+                        help="seconds to wait for the drift repair after the storm (at least 5x the burst)")
+    parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
+    return parser
+
+
+def log(message: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')}: {message}", flush=True)
+
+
+def _profile(args, name: str) -> str | None:
+    if not args.profile:
+        return None
+    Path(args.profile).mkdir(parents=True, exist_ok=True)
+    return str(Path(args.profile) / f"{name}.txt")
+
+
+async def _with_client(address: str, work):
+    client = await Client.connect(address)
+    try:
+        return await work(client)
+    finally:
+        client.close()
+
+
+ORDER = ["create", "delete", "startup", "latency", "event_storm", "memory"]
+
+
+def save(rows: list[dict], out: Path) -> None:
+    """Write what is measured so far: a long run cut short still leaves its rows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(sorted(rows, key=lambda r: ORDER.index(r["name"])), indent=1) + "\n")
+    os.replace(tmp, out)
+
+
+def _tail_on_error(daemon) -> None:
+    print(f"--- end of the daemon's log ({daemon.log}) ---\n{daemon.tail(6000)}", flush=True)
+
+
+def _stop(daemon, what: str) -> None:
+    rc = daemon.stop()
+    if rc != 0:
+        raise RuntimeError(f"xfrmid ({what}) stopped with {rc}:\n{daemon.tail()}")
+
+
+def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: Path) -> None:
+    """startup, memory, latency and event_storm on --scale managed interfaces."""
+    log(f"preparing {args.scale} managed interfaces (ip -batch and a state file)")
+    took = cases.prepare_scale(netns, state_dir, args.scale)
+    log(f"prepared in {took:.1f}s; baseline ip -d link show")
+    listing = timed(["ip", "-n", netns, "-d", "link", "show"])
+    log("starting xfrmid on them")
+    daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "scale"))
+    try:
+        rows.append(cases.startup_row(daemon, listing, args.scale))
+        log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing:.1f}s); latency")
+        rows.append(cases.memory_row(daemon, args.scale))
+        save(rows, out)
+
+        async def rest(client):
+            rows.append(await cases.latency(client, args.scale, args.samples))
+            rows[:] = [r for r in rows if r["name"] != "memory"] + [cases.memory_row(daemon, args.scale)]
+            save(rows, out)
+            log("event storm")
+            rows.append(await cases.event_storm(client, netns, args.scale, args.scale, args.storm_wait))
+            save(rows, out)
+
+        asyncio.run(_with_client(bus.address, rest))
+    except Exception:
+        _tail_on_error(daemon)
+        raise
+    finally:
+        _stop(daemon, "scale")
+
+
+def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, rows: list[dict], out: Path) -> None:
+    log(f"create/delete: {args.n} interfaces")
+    daemon = start_daemon(bus, api_ns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "create-delete"))
+    try:
+        rows.extend(asyncio.run(_with_client(bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n))))
+        save(rows, out)
+    except Exception:
+        _tail_on_error(daemon)
+        raise
+    finally:
+        _stop(daemon, "create/delete")
+
+
+def run(args) -> list[dict]:
+    """Scale first (startup, memory, latency, storm), then create/delete; bench.json after each."""
+    out = Path(args.out)
+    tag = str(os.getpid())
+    work = Path(tempfile.mkdtemp(prefix="xfrmid-bench-"))
+    namespaces = [f"xfrmid-bench-{p}-{tag}" for p in ("scale", "api", "base")]
+    bus = start_bus()
+    rows: list[dict] = []
+    try:
+        for ns in namespaces:
+            netns_add(ns)
+        _scale_phase(args, bus, namespaces[0], work / "scale-state", rows, out)
+        netns_del(namespaces[0])
+        _create_delete_phase(args, bus, namespaces[1], namespaces[2], work / "api-state", rows, out)
+    finally:
+        bus.stop()
+        for ns in namespaces:
+            netns_del(ns)
+        shutil.rmtree(work, ignore_errors=True)
+    return sorted(rows, key=lambda r: ORDER.index(r["name"]))
+
+
+def table(rows: list[dict]) -> str:
+    def f(v, unit=""):
+        return "-" if v is None else (f"{v:.3f}{unit}" if isinstance(v, float) else str(v))
+
+    lines = [f"{'benchmark':<12} {'n':>6} {'xfrmid':>11} {'baseline':>11} {'ratio':>7} {'target':>7}  ok  notes"]
+    for r in rows:
+        if r["name"] == "memory":
+            lines.append(f"{'memory':<12} {r['n']:>6} {f(r['rss_mb'], ' MB'):>11} {'-':>11} {'-':>7} "
+                         f"{'<=100 MB':>7}  {'yes' if r['ok'] else 'NO '} peak {r['hwm_mb']} MB")
+            continue
+        notes = ""
+        if r["name"] == "latency":
+            notes = f"p99 {r['attach_p99']:.3f}s = {r['p99_over_median']}x median (<=2: {'yes' if r['p99_ok'] else 'NO'})"
+        if r["name"] == "event_storm":
+            notes = (f"repaired: {'yes' if r['repaired'] else 'NO'}; slowest Get {f(r['max_get_s'], 's')} "
+                     f"(<=1s: {'yes' if r['get_ok'] else 'NO'})")
+        lines.append(f"{r['name']:<12} {r['n']:>6} {f(r['xfrmid'], 's'):>11} {f(r['baseline'], 's'):>11} "
+                     f"{f(r['ratio']):>7} {'<=' + str(r['target']):>7}  {'yes' if r['ok'] else 'NO '} {notes}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: run as root inside the test VM (make bench does that).", file=sys.stderr)
+        return 2
+    rows = run(args)
+    save(rows, Path(args.out))
+    print(table(rows))
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
