@@ -10,7 +10,7 @@ APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint
 REPORTS := build/reports
 
-.PHONY: all deps venv test test-host test-kernel test-service-unit demo clean help
+.PHONY: all deps venv test test-host test-kernel test-service-unit demo clean help bench
 
 all: help
 
@@ -57,6 +57,15 @@ test-kernel:
 test-service-unit: venv
 	XFRMID_VM_DIR=build/vm-service-unit tests/vm/run python -m pytest tests/kernel/test_service_unit.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-service-unit.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-service-unit.xml 8
+
+# Issue 6: the benchmarks beside their baselines in one VM; build/reports/bench.json.
+# BENCH_N / BENCH_SCALE shrink them (e.g. make bench BENCH_N=20 BENCH_SCALE=20).
+BENCH_N ?= 1000
+BENCH_SCALE ?= 10000
+bench: venv
+	@mkdir -p $(REPORTS)
+	XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-7200} XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-4G} \
+		tests/vm/run python -m bench.run --n $(BENCH_N) --scale $(BENCH_SCALE) --out $(REPORTS)/bench.json
 
 demo: venv
 	tests/vm/run examples/demo.sh
