@@ -18,7 +18,7 @@ from ..errors import Conflict, InvalidArgument, NotFound
 from ..naming import Identity, check_ifname, check_unique
 from . import xfrm_kind
 from .namespace import F_CREATE, F_REQ, dump, request, where
-from .nlerrors import code_of, translate
+from .nlerrors import NO_XFRM_KIND, code_of, translate
 from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, LinkSpec, LinkState
 
 KIND = xfrm_kind.XFRM
@@ -199,7 +199,7 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
                     raise Conflict(
                         f"{doing} failed: interface {state.name!r} with {_describe(state)} appeared meanwhile."
                     ) from None
-        raise translate(exc, doing) from None
+        raise translate(exc, doing, unsupported=NO_XFRM_KIND) from None
 
     created = await get_msg(ipr, name=spec.name)
     if created is None:

@@ -42,17 +42,28 @@ _TABLE: dict[int, tuple[type[XfrmidError], str]] = {
     errno.ENOMEM: (Failed, "the kernel ran out of memory"),
 }
 
+# What EOPNOTSUPP means when creating a link: the kernel knows no link kind
+# "xfrm" (it says "Unknown device type" after its own request_module failed),
+# typically because xfrm_interface was unloaded or blocked after start-up.
+NO_XFRM_KIND = (
+    "the running kernel has no XFRM interfaces (no link kind 'xfrm'); load the xfrm_interface "
+    "module or boot a kernel built with CONFIG_XFRM_INTERFACE"
+)
 
-def translate(err: BaseException, doing: str) -> XfrmidError:
+
+def translate(err: BaseException, doing: str, unsupported: str | None = None) -> XfrmidError:
     """The typed error for a failed netlink request.
 
-    ``doing`` is the start of the sentence, e.g. "Creating interface 'ipsec1'".
+    ``doing`` is the start of the sentence, e.g. "Creating interface 'ipsec1'";
+    ``unsupported`` replaces the generic reason for EOPNOTSUPP where the caller
+    knows what is missing (e.g. NO_XFRM_KIND when creating a link).
     """
     if isinstance(err, XfrmidError):
         return err
-    code = getattr(err, "code", None) if isinstance(err, NetlinkError) else getattr(err, "errno", None)
-    code = abs(code) if isinstance(code, int) else None
+    code = code_of(err)
     cls, reason = _TABLE.get(code, (Failed, None)) if code is not None else (Failed, None)
+    if code == errno.EOPNOTSUPP and unsupported:
+        reason = unsupported
     if reason is None:
         reason = os.strerror(code) if code else str(err) or type(err).__name__
         reason = f"{reason[:1].lower()}{reason[1:]}"
