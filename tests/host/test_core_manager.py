@@ -1,4 +1,7 @@
-"""Manager semantics against the in-memory kernel: refcounting, idempotency, errors, persistence."""
+"""Manager semantics against the in-memory kernel: refcounting, idempotency, errors, persistence.
+
+``settings`` and ``manager`` come from tests/conftest.py, over this module's FakeKernel.
+"""
 
 from __future__ import annotations
 
@@ -40,19 +43,6 @@ class Recorder:
 @pytest.fixture
 def kernel():
     return FakeKernel()
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(state_dir=str(tmp_path / "state"))
-
-
-@pytest.fixture
-async def manager(kernel, settings):
-    m = Manager(kernel, settings)
-    await m.start()
-    yield m
-    await m.stop()
 
 
 def ns(kernel, netns=None):

@@ -1,7 +1,8 @@
 """The core Manager on the real kernel: refcounting, peer pattern, restart, foreign objects.
 
 Every test works in a fresh namespace and checks the result with iproute2's
-JSON output, not with xfrmid's own view of the kernel.
+JSON output, not with xfrmid's own view of the kernel. ``settings`` and ``manager``
+come from tests/conftest.py, over the real Kernel.
 """
 
 from __future__ import annotations
@@ -14,24 +15,10 @@ from xfrmid.core.manager import Manager
 from xfrmid.errors import Busy, Conflict, NotOwned
 from xfrmid.kernel import Kernel
 from xfrmid.kernel.objects import LinkSpec
-from xfrmid.settings import Settings
 
 from .conftest import ip, ip_run, link_exists, link_json
 
 ZERO = {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(state_dir=str(tmp_path / "state"))
-
-
-@pytest.fixture
-async def manager(kernel, settings):
-    m = Manager(kernel, settings)
-    await m.start()
-    yield m
-    await m.stop()
 
 
 def addrs(netns: str, dev: str) -> set[str]:
