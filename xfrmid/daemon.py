@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -66,8 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="report whether the running kernel supports XFRM interfaces and exit (0: yes, 1: no).",
     )
+    # Tests only: a tiny receive buffer makes netlink overruns (ENOBUFS) certain.
+    parser.add_argument("--monitor-rcvbuf", type=_positive_int, metavar="BYTES", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"xfrmid {__version__}")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes")
+    return value
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -118,6 +131,7 @@ class Daemon:
         self.manager: Any = None
         self.service: Any = None
         self.kernel: Any = None
+        self.watcher: Any = None
         self._stop = asyncio.Event()
         self.notifier = Notifier()
 
@@ -125,7 +139,9 @@ class Daemon:
         """Re-read the configuration file (SIGHUP and the D-Bus Reload method)."""
         settings = load_settings(self.args)
         _setup_logging(settings.log_level)
-        await self.manager.reload(settings)
+        # the reload's own changes are not drift; what it leaves is judged afterwards
+        with self.watcher.holding() if self.watcher is not None else contextlib.nullcontext():
+            await self.manager.reload(settings)
         self.settings = settings
         log.info("configuration reloaded from %s", self.args.config)
 
@@ -155,23 +171,27 @@ class Daemon:
         log.info("%s", describe_features(features))
         self.kernel = Kernel()
         self.manager = Manager(self.kernel, self.settings, _state_store(self.settings))
+        self.watcher = _watcher(self.manager, getattr(self.args, "monitor_rcvbuf", None))
         counts = await self.manager.start()
         log.info(
             "start-up reconcile: %s",
             ", ".join(f"{key} {value}" for key, value in counts.items()) or "nothing to do",
         )
+        # Before the bus name: drift from now on is repaired, none slips in between.
+        self.watcher.set_interfaces(self.manager.interfaces())
+        await self.watcher.start()
         try:
             bus = await connect_bus(self.args.bus).connect()
         except Exception as exc:
             print(f"xfrmid: cannot connect to the {self.args.bus} bus: {exc}", file=sys.stderr)
-            await self.manager.stop()
+            await self._stop_core()
             return EXIT_FAILURE
         self.service = BusService(self.manager, bus, self.reload)
         try:
             await self.service.start()
         except XfrmidError as exc:
             print(f"xfrmid: {exc}", file=sys.stderr)
-            await self.manager.stop()
+            await self._stop_core()
             return EXIT_FAILURE
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -191,9 +211,39 @@ class Daemon:
             task.cancel()
         await self.notifier.stop_watchdog()
         await self.service.stop()
-        await self.manager.stop()
+        await self._stop_core()
         log.info("stopped")
         return rc
+
+    async def _stop_core(self) -> None:
+        """Stop repairing first: the manager's last calls must not look like drift."""
+        if self.watcher is not None:
+            await self.watcher.stop()
+            log.info("drift repair: %s", ", ".join(f"{k} {v}" for k, v in self.watcher.stats().items()))
+        await self.manager.stop()
+
+
+def _watcher(manager: Any, rcvbuf: int | None) -> Any:
+    """The drift watcher (issue 4), wired to the manager as its listener and its hold hook.
+
+    It repairs one interface at a time with ``reconcile_interface`` and falls
+    back to the same full ``reconcile`` the D-Bus Reconcile method runs; the
+    manager tells it (as a listener) which interfaces and namespaces to watch,
+    so a namespace first used at run time gets its monitor then.
+    """
+    from .core.watch import Watcher
+
+    factory: dict[str, Any] = {}
+    if rcvbuf is not None:
+        from .kernel.monitor import NetnsMonitor
+
+        factory["monitor_factory"] = lambda netns, on_event, interest: NetnsMonitor(
+            netns, on_event, interest, rcvbuf=rcvbuf)
+        log.warning("monitor receive buffer set to %d bytes (a testing setting)", rcvbuf)
+    watcher = Watcher(manager.reconcile, reconcile_one=manager.reconcile_interface, **factory)
+    manager.subscribe(watcher)
+    manager.hold = watcher.hold
+    return watcher
 
 
 def _state_store(settings: Settings) -> Any:

@@ -50,6 +50,7 @@ def test_contract_names_and_signatures():
         "OperState": "s", "Owned": "b", "Owners": "as", "Addresses": "as", "Routes": "a(sus)", "Mark": "u",
         "MarkMask": "u",
     }
+    assert file["org.xfrmid1.Interface"]["signals"] == {"Repaired": "s"}  # drift repaired (issue 4)
     assert file["org.freedesktop.DBus.ObjectManager"]["signals"] == {
         "InterfacesAdded": "oa{sa{sv}}", "InterfacesRemoved": "oas",
     }

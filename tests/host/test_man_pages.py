@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -58,7 +59,8 @@ def _subcommands(parser) -> dict[str, object]:
 
 
 def _long_options(parser) -> set[str]:
-    return {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    """Documented long options (help=SUPPRESS marks testing-only ones, left out of --help too)."""
+    return {o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings if o.startswith("--")}
 
 
 def test_xfrmctl_page_covers_the_cli():

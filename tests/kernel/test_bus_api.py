@@ -352,8 +352,8 @@ async def test_list_reconcile_reload(xfrmid, client):
                              "Reconcile")["data"][0]
         assert set(counts) >= {"created", "repaired", "adopted", "removed"}
         assert all(v["type"] == "u" for v in counts.values())
-        assert counts["created"]["data"] + counts["repaired"]["data"] >= 1
-        assert link_present("ipsec215")
+        # the drift watcher may have recreated it first (test_daemon_repair compares the counts)
+        assert wait_for(lambda: link_present("ipsec215"), 10)
         manager_call(xfrmid.address, "Reload", "")
         await client.reload()
     finally:

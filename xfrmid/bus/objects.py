@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from dbus_fast import Variant
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from .. import __version__
 from ..core.views import InterfaceInfo
@@ -34,6 +34,9 @@ OUT_NAMES = {
     "ListInterfaces": ["interfaces"],
     "Reconcile": ["counts"],
 }
+
+# ... and of signal arguments.
+SIGNAL_ARG_NAMES = {"Repaired": ["what"]}
 
 _FEATURE_KEYS = ("xfrm_interface", "collect_md", "set_mark_mask")
 
@@ -181,6 +184,9 @@ class InterfaceObject(ServiceInterface):
         super().__init__(INTERFACE_IFACE)
         self.info = info
         self._values = bus_properties(info)
+        for sig in ServiceInterface._get_signals(self):
+            for arg, name in zip(sig.introspection.args, SIGNAL_ARG_NAMES.get(sig.name, [])):
+                arg.name = name
 
     @property
     def path(self) -> str:
@@ -195,6 +201,12 @@ class InterfaceObject(ServiceInterface):
         if changed:
             self.emit_properties_changed(changed)
         return changed
+
+    @dbus_signal()
+    def Repaired(self, what: "s") -> "s":
+        """Someone else broke a promise on this interface and xfrmid restored it; ``what``
+        says what was done, e.g. "added address 10.0.0.1/24 to ipsec1"."""
+        return what
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":

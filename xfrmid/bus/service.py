@@ -233,6 +233,9 @@ class BusService:
     def repaired(self, info: InterfaceInfo, what: str) -> None:
         log.info("repaired %s%s: %s", info.name, f" in netns {info.netns}" if info.netns else "", what)
         self.interface_changed(info)
+        obj = self._objects.get(info.key)
+        if obj is not None and self._bus.connected:
+            obj.Repaired(what)  # after PropertiesChanged, so a listener reading properties sees the repair
 
 
 def _variants(obj: InterfaceObject) -> dict[str, Variant]:

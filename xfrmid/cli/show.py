@@ -70,6 +70,8 @@ def signal_event(msg: Message) -> dict[str, Any] | None:
     if msg.member == "PropertiesChanged" and body[0] in (INTERFACE_IFACE, MANAGER_IFACE):
         kind = "changed" if body[0] == INTERFACE_IFACE else "manager-changed"
         return {"event": kind, "path": msg.path, "properties": body[1]}
+    if msg.member == "Repaired" and msg.interface == INTERFACE_IFACE:
+        return {"event": "repaired", "path": msg.path, "what": body[0]}
     return None
 
 
@@ -79,6 +81,8 @@ def event_line(event: dict[str, Any]) -> str:
         return f"added    {event['path']} name={props.get('Name')} if_id={props.get('IfId')} owners={','.join(props.get('Owners', []))}"
     if event["event"] == "removed":
         return f"removed  {event['path']}"
+    if event["event"] == "repaired":
+        return f"repaired {event['path']} {event['what']}"
     changes = " ".join(f"{k}={_short(v)}" for k, v in props.items())
     return f"{'changed ' if event['event'] == 'changed' else 'manager '} {event['path']} {changes}"
 

@@ -343,6 +343,8 @@ class Watcher:
                 counts = await self._repair_each(targets)
             else:
                 self.reconciles += 1
+                log.debug("full reconcile #%d after %d kernel events%s", self.reconciles, len(events),
+                          " (event stream lost)" if resync or overflow else "")
                 counts = await self.reconcile()
         except asyncio.CancelledError:
             raise
@@ -398,6 +400,7 @@ class Watcher:
             if (netns, name) not in self._managed.infos:
                 continue  # no longer managed: nothing to keep
             self.repairs += 1
+            log.debug("repair #%d: reconciling %s in netns %s", self.repairs, name, _label(netns))
             try:
                 counts = await self.reconcile_one(name, netns)
             except asyncio.CancelledError:
