@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	dbus dbus-bin libsystemd-dev pkg-config gcc \
-	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint
+	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan
 REPORTS := build/reports
 
 .PHONY: all deps venv test test-host test-kernel test-service-unit demo clean help bench
