@@ -54,32 +54,45 @@ def xfrm_count(netns: str) -> int:
     return len(out.splitlines())
 
 
-async def pipelined(calls, window: int = WINDOW) -> float:
-    """Run coroutine factories with ``window`` in flight; seconds for all."""
+async def pipelined(calls, deadline: float, window: int = WINDOW) -> tuple[float, int]:
+    """Run coroutine factories with ``window`` in flight until done or ``deadline`` (monotonic).
+
+    (seconds, calls completed); fewer than asked means the deadline cut it short.
+    """
     sem = asyncio.Semaphore(window)
+    done = 0
 
     async def one(factory):
+        nonlocal done
         async with sem:
-            await factory()
+            if time.monotonic() < deadline:
+                await factory()
+                done += 1
 
     start = time.perf_counter()
     await asyncio.gather(*(one(c) for c in calls))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, done
 
 
-async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int) -> list[dict]:
-    """create and delete: n interfaces through the API vs ip -batch of the same links."""
+async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, deadline: float) -> list[dict]:
+    """create and delete: n interfaces through the API vs ip -batch of the same links.
+
+    A run cut short by ``deadline`` reports xfrmid None with how many calls completed.
+    """
     base_create = ip_batch(base_ns, link_lines(n))
     base_delete = ip_batch(base_ns, [f"link del dev {name}" for name in names(n)])
-    took_create = await pipelined([lambda nm=nm: client.create_interface(nm) for nm in names(n)])
-    created = xfrm_count(xfrmid_ns)
-    took_delete = await pipelined([lambda nm=nm: client.delete_interface(nm) for nm in names(n)])
-    left = xfrm_count(xfrmid_ns)
-    if created != n or left != 0:
-        raise RuntimeError(f"create/delete left the kernel wrong: {created} created of {n}, {left} left")
+    took_create, created = await pipelined([lambda nm=nm: client.create_interface(nm) for nm in names(n)], deadline)
+    if xfrm_count(xfrmid_ns) != created:
+        raise RuntimeError(f"create left {xfrm_count(xfrmid_ns)} links in the kernel after {created} calls")
+    took_delete, deleted = await pipelined(
+        [lambda nm=nm: client.delete_interface(nm) for nm in names(created)], deadline)
+    if xfrm_count(xfrmid_ns) != created - deleted:
+        raise RuntimeError(f"delete left {xfrm_count(xfrmid_ns)} links in the kernel, not {created - deleted}")
     return [
-        row("create", took_create, base_create, n, 1.5, baseline_tool="ip -batch (link add + link set alias up)"),
-        row("delete", took_delete, base_delete, n, 1.0, baseline_tool="ip -batch (link del)"),
+        row("create", took_create if created == n else None, base_create, n, 1.5, completed=created,
+            elapsed_s=_r(took_create), baseline_tool="ip -batch (link add + link set alias up)"),
+        row("delete", took_delete if created == n and deleted == n else None, base_delete, n, 1.0,
+            completed=deleted, elapsed_s=_r(took_delete), baseline_tool="ip -batch (link del)"),
     ]
 
 

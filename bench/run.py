@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="DIR", help="run each daemon under py-spy, collapsed stacks in DIR")
     parser.add_argument("--storm-wait", type=float, default=60.0,
                         help="seconds to wait for the drift repair after the storm (at least 5x the burst)")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="seconds after which create/delete stop issuing calls (0: none); rows then say so")
     parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
     return parser
 
@@ -115,7 +117,7 @@ def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, 
     log(f"create/delete: {args.n} interfaces")
     daemon = start_daemon(bus, api_ns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "create-delete"))
     try:
-        rows.extend(asyncio.run(_with_client(bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n))))
+        rows.extend(asyncio.run(_with_client(bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.stop_at))))
         save(rows, out)
     except Exception:
         _tail_on_error(daemon)
@@ -157,6 +159,8 @@ def table(rows: list[dict]) -> str:
                          f"{'<=100 MB':>7}  {'yes' if r['ok'] else 'NO '} peak {r['hwm_mb']} MB")
             continue
         notes = ""
+        if r["name"] in ("create", "delete") and r["xfrmid"] is None:
+            notes = f"cut short by --deadline: {r['completed']} of {r['n']} calls in {r['elapsed_s']:.1f}s"
         if r["name"] == "latency":
             notes = f"p99 {r['attach_p99']:.3f}s = {r['p99_over_median']}x median (<=2: {'yes' if r['p99_ok'] else 'NO'})"
         if r["name"] == "event_storm":
@@ -169,6 +173,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.stop_at = time.monotonic() + args.deadline if args.deadline > 0 else float("inf")
     if os.geteuid() != 0:
         print("bench: run as root inside the test VM (make bench does that).", file=sys.stderr)
         return 2
