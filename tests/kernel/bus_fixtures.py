@@ -127,7 +127,9 @@ class Daemon:
 
 
 def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Path | None = None,
-                 timeout: float = 600, args: tuple[str, ...] = ()) -> Daemon:
+                 timeout: float = 600, args: tuple[str, ...] = (), netns: str | None = None) -> Daemon:
+    """The daemon on ``bus``; with ``netns`` it runs inside that namespace (``ip netns exec``
+    execs it, so the process is the daemon itself) and its own namespace is private to the test."""
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="xfrmid-state-"))
     config = state_dir.parent / (state_dir.name + ".conf")
     if config_text is not None:
@@ -135,7 +137,8 @@ def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Pat
     log = state_dir.parent / (state_dir.name + ".log")
     out = open(log, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
+        (["ip", "netns", "exec", netns] if netns else [])
+        + [sys.executable, "-X", "faulthandler", "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
          "--state-dir", str(state_dir), "--log-level", "debug", *args],
         stdout=out, stderr=subprocess.STDOUT, cwd=TOP,
     )

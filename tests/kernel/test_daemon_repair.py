@@ -57,14 +57,18 @@ MAX_DELAY = 1.0  # xfrmid.core.watch.MAX_DELAY: a storm reconciles at most about
 
 @pytest.fixture(scope="module")
 def watched():
+    """The daemon in a namespace of its own (its full reconciles sweep that one, not the VM's,
+    where other tests' objects live), managing interfaces in a second one."""
     bus = start_bus(policy=True)
-    netns = new_netns_name("xd")
+    own, netns = new_netns_name("xdo"), new_netns_name("xd")
+    add_netns(own)
     add_netns(netns)
     try:
-        daemon = start_daemon(bus, args=("--monitor-rcvbuf", str(RCVBUF)))
+        daemon = start_daemon(bus, args=("--monitor-rcvbuf", str(RCVBUF)), netns=own)
     except BaseException:
         bus.stop()
         del_netns(netns)
+        del_netns(own)
         raise
     yield daemon, netns
     try:
@@ -74,6 +78,7 @@ def watched():
     finally:
         bus.stop()
         del_netns(netns)
+        del_netns(own)
 
 
 async def promise(client: Client, netns: str) -> None:
