@@ -5,8 +5,9 @@
 # it, then xfrmctl asking for ipsec1 on behalf of two connections in network
 # namespace "west", an address and routes (one with --peer, the design notes'
 # pattern), the kernel's view beside xfrmctl's, real ESP between "west" and
-# "east" through the interfaces, and finally both connections detaching and
-# ipsec1 going away with the last one.
+# "east" through the interfaces, both of west's connections detaching and
+# ipsec1 going away with the last one, and finally the administrator's view:
+# the daemon's status, what it manages (east's ipsec1) and its log lines.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -110,20 +111,31 @@ show ip netns exec west ping -c 3 -W 5 -I 10.0.1.1 10.0.2.1
 show ip -n west -s link show ipsec1
 show ip -n east -s xfrm state list spi 0x1001
 
-step "Both connections detach; ipsec1 goes away with the last one"
+step "Both of west's connections detach; west's ipsec1 goes away with the last one"
 show xfrmctl --netns west detach ipsec1 west-east
 show xfrmctl --netns west status ipsec1
 show xfrmctl --netns west detach ipsec1 west-east-peer
-show xfrmctl --netns east detach ipsec1 east-west
 show ip -n west rule
 if ip -n west link show ipsec1 >/dev/null 2>&1; then
     echo "ipsec1 is still there: the demo failed" >&2
     exit 1
 fi
 echo "ip -n west link show ipsec1: gone"
-show xfrmctl list
 
-step "The daemon's log"
+step "The administrator's view: the daemon, what it manages, what it logged"
+# What `systemctl status xfrmid` shows on an installed system, from the bus
+# (the demo runs the daemon by hand, not under systemd).
+prop() { busctl --address="$ADDR" get-property org.xfrmid1 /org/xfrmid1 org.xfrmid1.Manager "$1" | cut -d' ' -f2-; }
+printf '\033[32m●\033[0m xfrmid - XFRM interface manager for IPsec\n'
+printf '      Active: active (running) since %s\n' "$(ps -o lstart= -p "$daemon_pid")"
+printf '    Main PID: %s (%s)\n' "$daemon_pid" "$(ps -o comm= -p "$daemon_pid")"
+printf '     Version: %s\n' "$(prop Version)"
+printf '  Interfaces: %s managed\n' "$(prop InterfaceCount)"
+printf '         Bus: org.xfrmid1 on %s\n' "$ADDR"
+show xfrmctl list
+show xfrmctl --netns east status ipsec1
+echo "# the daemon's log lines of this run (under systemd: journalctl -u xfrmid, with"
+echo "# INTERFACE=, IF_ID=, NETNS= fields on each action):"
 cat "$work/xfrmid.log"
 echo
 echo "demo finished"
