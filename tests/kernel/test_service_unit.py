@@ -56,9 +56,13 @@ def run():
     try:
         _install(root, TOP / "systemd/xfrmid.service", "/etc/systemd/system/xfrmid.service")
         _install(root, HERE / "test-env.conf", "/etc/systemd/system/xfrmid.service.d/test-env.conf")
+        binds = []
         if TOP.is_relative_to("/tmp"):
             # A checkout under /tmp (a CI clone, say) holds the venv the console
-            # scripts run from; PrivateTmp=yes would hide it from the service.
+            # scripts run from. systemd-nspawn mounts an empty tmpfs on the
+            # container's /tmp, so bind the checkout back in; and PrivateTmp=yes
+            # would hide it from the service again.
+            binds.append(f"--bind-ro={TOP}")
             (root / "etc/systemd/system/xfrmid.service.d/tmp-checkout.conf").write_text(
                 "[Service]\nPrivateTmp=no\n"
             )
@@ -83,7 +87,7 @@ def run():
         with open(out / "console.log", "w") as console:
             proc = subprocess.run(
                 [nspawn, "-q", "-D", str(root), "--register=no", "--keep-unit",
-                 "--capability=CAP_NET_ADMIN", f"--bind={out}:/out",
+                 "--capability=CAP_NET_ADMIN", f"--bind={out}:/out", *binds,
                  "-b", "--", "--unit=xfrmid-check.service"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, timeout=1500,
             )
@@ -97,7 +101,8 @@ def run():
         if "done" not in facts:
             pytest.fail(
                 f"the container checks did not finish (nspawn exit {proc.returncode}, {seconds:.0f} s); "
-                f"see {out}\n{files.get('check.log', '')[-4000:]}\n{files.get('console.log', '')[-3000:]}"
+                f"see {out}\n{files.get('check.log', '')[-4000:]}\n{files.get('status.txt', '')[-3000:]}\n"
+                f"{files.get('journal.txt', '')[-3000:]}\n{files.get('console.log', '')[-3000:]}"
             )
         yield facts, files
     finally:

@@ -11,6 +11,11 @@ fact() { echo "$1=$2" >>/out/facts; }
 step() { fact "t_$1" "$(( $(date +%s) - start ))"; }
 show() { systemctl show xfrmid.service -p "$1" --value; }
 manager() { busctl --timeout=600 call org.xfrmid1 /org/xfrmid1 org.xfrmid1.Manager "$@"; }
+dump() {  # what an administrator would look at: status and the unit's journal
+    systemctl status xfrmid.service --no-pager -l >/out/status.txt 2>&1
+    journalctl -b -u xfrmid.service --no-pager -o cat >/out/journal.txt 2>&1
+}
+trap dump EXIT  # also when a step below fails or hangs up to the container's end
 wait_state() {  # wait until ActiveState is $1 (at most 10 min)
     for _ in $(seq 1 1200); do [ "$(show ActiveState)" = "$1" ] && return 0; sleep 0.5; done
     return 1
@@ -26,7 +31,7 @@ fact before_activation "$(show ActiveState)"
 # D-Bus activation: the first call starts xfrmid.service through systemd.
 manager ListInterfaces >/out/activation.txt 2>&1
 fact activation_rc $?
-wait_state active
+wait_state active || { fact activation_failed "$(show ActiveState)/$(show Result)"; dump; }
 step activated
 fact active "$(show ActiveState)/$(show SubState)"
 fact type "$(show Type)"
@@ -74,6 +79,6 @@ fact state_kept "$(grep -q '"ipsec731"' /run/xfrmid/state.json && echo yes || ec
 cp /run/xfrmid/state.json /out/state.json
 ip link del ipsec731
 step stopped
-journalctl -b -u xfrmid.service --no-pager -o cat >/out/journal.txt
+dump
 journalctl -b -u xfrmid.service --no-pager -o json >/out/journal.json
 echo done >>/out/facts
