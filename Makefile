@@ -10,7 +10,7 @@ APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan
 REPORTS := build/reports
 
-.PHONY: all deps venv test test-host test-kernel test-service-unit demo clean help bench
+.PHONY: all deps venv test test-host test-kernel test-crash test-service-unit demo clean help bench
 
 all: help
 
@@ -48,8 +48,16 @@ test-host:
 test-kernel:
 	@mkdir -p $(REPORTS)
 	rm -f $(REPORTS)/kernel.xml
-	tests/vm/run python -m pytest tests/kernel -q -p no:cacheprovider --ignore=tests/kernel/test_service_unit.py --junitxml=$(REPORTS)/kernel.xml
+	tests/vm/run python -m pytest tests/kernel -q -p no:cacheprovider --ignore=tests/kernel/test_service_unit.py --ignore=tests/kernel/test_crash.py --junitxml=$(REPORTS)/kernel.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel.xml 40
+
+# Issue 4's crash test: 20 SIGKILLs under a two-client workload, a daemon start
+# each (~65-100 s per start in a loaded emulated VM, so ~30 min): on its own
+# until the daemon starts faster.
+test-crash: venv
+	@mkdir -p $(REPORTS)
+	XFRMID_VM_DIR=build/vm-crash tests/vm/run python -m pytest tests/kernel/test_crash.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-crash.xml
+	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-crash.xml 1
 
 # The shipped unit under real systemd (nspawn) in the VM. Not part of `make test`
 # yet: from a checkout under /tmp the service fails to start in the container
