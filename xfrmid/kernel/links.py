@@ -159,6 +159,8 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
     other = await get_msg(ipr, name=spec.name)
     if other is not None:
         kind, _ = _kind_of(other)
+        if kind == KIND.name:  # a concurrent create made it since the dump: judge it as it is
+            return await create_link(ipr, netns, spec, features)
         raise Conflict(f"Interface name {spec.name!r} is already used{where(netns)} by {_a(kind)}.")
     if spec.external:
         for state in existing.values():

@@ -178,5 +178,14 @@ async def request(ipr: AsyncIPRoute, msg, msg_type: int, flags: int = F_REQ) -> 
 
 
 async def dump(ipr: AsyncIPRoute, msg, msg_type: int) -> list:
-    """A dump request; the kernel filters by whatever the message carries."""
-    return await request(ipr, msg, msg_type, F_DUMP)
+    """A dump request; the kernel filters by whatever the message carries.
+
+    A netlink socket runs one dump at a time (a second one gets EBUSY), and
+    concurrent D-Bus calls share the namespace's socket: dumps queue here.
+    """
+    lock = getattr(ipr, "_xfrmid_dump_lock", None)
+    if lock is None:
+        lock = asyncio.Lock()
+        ipr._xfrmid_dump_lock = lock
+    async with lock:
+        return await request(ipr, msg, msg_type, F_DUMP)
