@@ -123,15 +123,8 @@ fi
 echo "ip -n west link show ipsec1: gone"
 
 step "The administrator's view: the daemon, what it manages, what it logged"
-# What `systemctl status xfrmid` shows on an installed system, from the bus
-# (the demo runs the daemon by hand, not under systemd).
-prop() { busctl --address="$ADDR" get-property org.xfrmid1 /org/xfrmid1 org.xfrmid1.Manager "$1" | cut -d' ' -f2-; }
-printf '\033[32m●\033[0m xfrmid - XFRM interface manager for IPsec\n'
-printf '      Active: active (running) since %s\n' "$(ps -o lstart= -p "$daemon_pid")"
-printf '    Main PID: %s (%s)\n' "$daemon_pid" "$(ps -o comm= -p "$daemon_pid")"
-printf '     Version: %s\n' "$(prop Version)"
-printf '  Interfaces: %s managed\n' "$(prop InterfaceCount)"
-printf '         Bus: org.xfrmid1 on %s\n' "$ADDR"
+# What `systemctl status xfrmid` would say, from the daemon itself over the bus.
+show xfrmctl status
 show xfrmctl list
 show xfrmctl --netns east status ipsec1
 echo "# the daemon's log lines of this run (under systemd: journalctl -u xfrmid, with"

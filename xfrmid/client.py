@@ -175,6 +175,11 @@ class Client:
     async def manager_properties(self) -> dict[str, Any]:
         return await self.properties(MANAGER_PATH, MANAGER_IFACE)
 
+    async def daemon_pid(self) -> int | None:
+        """The process id of xfrmid as the bus daemon knows it, or None if it will not say."""
+        pid = await bus_daemon_call(self.bus, "GetConnectionUnixProcessID", "s", [BUS_NAME])
+        return int(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
+
     async def interface_properties(self, name: str, netns: str | None = None) -> dict[str, Any]:
         try:
             return await self.properties(interface_path(name, netns), INTERFACE_IFACE)

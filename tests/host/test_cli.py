@@ -88,3 +88,38 @@ def test_daemon_help_and_bad_level():
     bad = subprocess.run([sys.executable, "-m", "xfrmid.daemon", "--config", "/nonexistent", "--log-level", "loud"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "loud" in bad.stderr
+
+
+def test_status_without_name_is_the_daemons_status():
+    a = build_parser().parse_args(["status"])
+    assert a.name is None
+    from xfrmid.cli import show
+
+    text = show.daemon_status({
+        "Version": "0.1.0", "InterfaceCount": 3, "Pid": 42,
+        "KernelFeatures": {"xfrm_interface": True, "collect_md": True, "set_mark_mask": False},
+        "Interfaces": [
+            {"Name": "ipsec1", "Netns": "", "Owned": True, "Owners": ["a", "b"]},
+            {"Name": "ipsec2", "Netns": "", "Owned": False, "Owners": []},
+            {"Name": "ipsec1", "Netns": "blue", "Owned": True, "Owners": ["c"]},
+        ],
+    }, started="Fri 2026-11-27 12:00:00 UTC")
+    lines = text.splitlines()
+    assert lines[0] == "\u25cf xfrmid - XFRM interface manager (org.xfrmid1)"
+    assert "Active: active (running) since Fri 2026-11-27 12:00:00 UTC" in text
+    assert "Main PID: 42" in text and "set_mark_mask: NO" in text
+    assert "3 managed: 2 created by xfrmid, 1 adopted" in text
+    assert "(daemon's own): 2" in text and "blue: 1" in text and "Attachments: 3" in text
+    # continuation lines line up under the first value
+    kernel = [i for i, line in enumerate(lines) if "Kernel:" in line][0]
+    assert lines[kernel + 1].index("set_mark_mask") == lines[kernel].index("collect_md")
+
+
+def test_process_start_of_this_process_and_of_nobody():
+    import os
+
+    from xfrmid.cli import show
+
+    assert show.process_start(os.getpid()) is not None
+    assert show.process_start(None) is None
+    assert show.process_start(2**22 + 12345) is None

@@ -397,6 +397,14 @@ def test_xfrmctl_end_to_end(xfrmid, capsys):
         assert status["Addresses"] == ["10.216.0.1/24"] and status["Owners"] == ["cli-a"]
         rc, out, _ = _xfrmctl(capsys, a, "status", "ipsec216")
         assert "ipsec216" in out and "10.217.0.0/16" in out
+        # without a name: the daemon's own status, systemctl-style, and as JSON
+        rc, out, _ = _xfrmctl(capsys, a, "status")
+        assert rc == 0 and out.startswith("\u25cf xfrmid") and "active (running)" in out, out
+        assert f"Main PID: {xfrmid.process.pid}" in out and "xfrm_interface: yes" in out, out
+        rc, out, _ = _xfrmctl(capsys, a, "status", "--json")
+        daemon = json.loads(out)
+        assert rc == 0 and daemon["Pid"] == xfrmid.process.pid and daemon["InterfaceCount"] >= 1
+        assert any(o["Name"] == "ipsec216" for o in daemon["Interfaces"])
         rc, _, err = _xfrmctl(capsys, a, "status", "ipsec299")
         assert rc == 3 and err.count("\n") == 1 and "Traceback" not in err
         rc, _, err = _xfrmctl(capsys, a, "create", "not-ipsec")

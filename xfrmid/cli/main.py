@@ -43,11 +43,26 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    if args.name is None:
+        return await _daemon_status(client, args)
     props = await client.interface_properties(args.name, args.netns)
     if args.json:
         _print_json(props)
     else:
         print(show.interface_status(props))
+    return exitcodes.OK
+
+
+async def _daemon_status(client: Client, args: argparse.Namespace) -> int:
+    status = {
+        **await client.manager_properties(),
+        "Pid": await client.daemon_pid(),
+        "Interfaces": await _interfaces(client),
+    }
+    if args.json:
+        _print_json(status)
+    else:
+        print(show.daemon_status(status, started=show.process_start(status["Pid"])))
     return exitcodes.OK
 
 

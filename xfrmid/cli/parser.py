@@ -90,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "List every interface xfrmid manages or adopted, in all network namespaces, "
         "with its if_id, state and owners.")
 
-    p = add("status", "show one interface in detail", [read],
-            "Show every property of one interface: if_id, output mark and mask, owners, "
-            "addresses and routes.")
-    p.add_argument("name", metavar="NAME", help="interface name, e.g. ipsec1")
+    p = add("status", "show the daemon, or one interface in detail", [read],
+            "Without NAME: the daemon's state in the style of 'systemctl status' (version, "
+            "process, kernel features, interfaces per namespace, attachments). With NAME: every "
+            "property of that interface: if_id, output mark and mask, owners, addresses and routes.")
+    p.add_argument("name", metavar="NAME", nargs="?", default=None,
+                   help="interface name, e.g. ipsec1; leave out for the daemon's status")
 
     p = add("create", "create an interface that stays until 'delete'", [write],
             "Create an interface (or confirm the identical existing one). It stays until "

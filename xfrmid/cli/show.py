@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from dbus_fast import Message
@@ -48,7 +50,51 @@ def interface_status(p: dict[str, Any]) -> str:
         ("Addresses", p["Addresses"]),
         ("Routes", routes),
     ]
-    width = max(len(k) for k, _ in pairs)
+    return _aligned(pairs)
+
+
+def process_start(pid: int | None) -> str | None:
+    """When ``pid`` started, as systemctl prints it, or None when /proc cannot say.
+
+    The daemon may run in another PID namespace than xfrmctl; then there is no answer.
+    """
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(started))
+
+
+def daemon_status(s: dict[str, Any], started: str | None = None) -> str:
+    """The daemon's state in the shape of `systemctl status`: a headline, then aligned facts."""
+    interfaces = s.get("Interfaces", [])
+    created = sum(1 for o in interfaces if o["Owned"])
+    per_netns: dict[str, int] = {}
+    for o in interfaces:
+        per_netns[o["Netns"] or "(daemon's own)"] = per_netns.get(o["Netns"] or "(daemon's own)", 0) + 1
+    owners = sum(len(o["Owners"]) for o in interfaces)
+    features = s.get("KernelFeatures", {})
+    pairs = [
+        ("Active", "active (running)" + (f" since {started}" if started else "")),
+        ("Main PID", s["Pid"] if s.get("Pid") is not None else "unknown"),
+        ("Version", s.get("Version", "?")),
+        ("Kernel", [f"{name}: {'yes' if ok else 'NO'}" for name, ok in sorted(features.items())]),
+        ("Interfaces", f"{s.get('InterfaceCount', len(interfaces))} managed: {created} created by xfrmid, "
+                       f"{len(interfaces) - created} adopted"),
+        ("Namespaces", [f"{ns}: {n}" for ns, n in sorted(per_netns.items())]),
+        ("Attachments", owners),
+    ]
+    return "\n".join(["\u25cf xfrmid - XFRM interface manager (org.xfrmid1)", _aligned(pairs, indent=4)])
+
+
+def _aligned(pairs: list[tuple[str, Any]], indent: int = 0) -> str:
+    width = max(len(k) for k, _ in pairs) + indent
     lines = []
     for key, value in pairs:
         values = value if isinstance(value, list) else [value]
