@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.kernel.bus_fixtures import PrivateBus
+from tests.kernel.bus_fixtures import start_bus as start_private_bus
+
 TOP = Path(__file__).resolve().parents[1]
 
 
@@ -65,53 +68,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-@dataclass
-class Bus:
-    address: str
-    directory: Path
-    process: subprocess.Popen
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-_BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_type="method_call"/><allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/><allow receive_type="method_return"/>
-    <allow receive_type="error"/><allow receive_type="signal"/>
-  </policy>
-  <limit name="max_replies_per_connection">100000</limit>
-</busconfig>
-"""
-
-
-def start_bus() -> Bus:
-    """A private dbus-daemon open to root (the bench's caller is root anyway)."""
-    directory = Path(tempfile.mkdtemp(prefix="xfrmid-bench-bus-"))
-    config = directory / "bus.conf"
-    config.write_text(_BUS_CONF.format(socket=directory / "bus"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1", "--nopidfile"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    line = proc.stdout.readline().strip()
-    if not line:
-        proc.kill()
-        raise RuntimeError("dbus-daemon did not start")
-    return Bus(line.split(",guid=")[0], directory, proc)
+def start_bus() -> PrivateBus:
+    """A private dbus-daemon open to everyone, as the kernel tests use (the bench's caller is root)."""
+    return start_private_bus(policy=False)
 
 
 class Notify:
@@ -176,7 +135,7 @@ class Daemon:
         return self.log.read_text(errors="replace")[-chars:]
 
 
-def start_daemon(bus: Bus, netns: str, state_dir: Path, *, timeout: float,
+def start_daemon(bus: PrivateBus, netns: str, state_dir: Path, *, timeout: float,
                  profile: str | None = None) -> Daemon:
     """Start xfrmid inside ``netns`` (its own namespace there) and wait for READY=1.
 
