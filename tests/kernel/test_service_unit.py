@@ -5,8 +5,10 @@ overlay) with systemd as PID 1 and the project's unit, D-Bus activation file,
 bus policy and sysusers file installed where the package puts them. Its
 default unit, service_unit/check.sh, drives xfrmid.service through D-Bus
 activation, systemctl and xfrmctl and writes what it saw to /out; the tests
-below read that. The container shares the VM's kernel and network namespace,
-so the interfaces are real.
+below read that. The container shares the VM's kernel, so the interfaces are
+real, but runs in a network namespace of its own: two xfrmid daemons in one
+namespace would each remove the other's marked interfaces as crash leftovers
+(the other kernel tests' shared daemon runs in the VM's root namespace).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def run():
     # upper layer: give the container's writable layer a tmpfs of its own.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "xfrmid-unit", str(base)], check=True, timeout=60)
     root = base / "root"
+    netns = f"xfrmid-unit-{base.name[-8:]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=60)
     for name in ("upper", "work", "root"):
         (base / name).mkdir()
     # Results and the container's console where the host can read them.
@@ -87,7 +91,8 @@ def run():
         with open(out / "console.log", "w") as console:
             proc = subprocess.run(
                 [nspawn, "-q", "-D", str(root), "--register=no", "--keep-unit",
-                 "--capability=CAP_NET_ADMIN", f"--bind={out}:/out", *binds,
+                 "--capability=CAP_NET_ADMIN", f"--network-namespace-path=/run/netns/{netns}",
+                 f"--bind={out}:/out", *binds,
                  "-b", "--", "--unit=xfrmid-check.service"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, timeout=1500,
             )
@@ -108,7 +113,7 @@ def run():
     finally:
         subprocess.run(["umount", "-l", str(root)], timeout=60)
         subprocess.run(["umount", "-l", str(base)], timeout=60)
-        subprocess.run(["ip", "link", "del", "ipsec731"], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -75,7 +75,7 @@ manager DeleteInterface 'sa{sv}' ipsec732 1 netns s xfrmid-unit-blue >/out/delet
 ip netns del xfrmid-unit-blue
 systemctl stop xfrmid.service
 fact stop_result "$(show Result)"
-fact state_kept "$(grep -q '"ipsec731"' /run/xfrmid/state.json && echo yes || echo no)"
+fact state_kept "$(grep -rqs '"ipsec731"' /run/xfrmid/ && echo yes || echo no)"
 cp /run/xfrmid/state.json /out/state.json
 ip link del ipsec731
 step stopped
