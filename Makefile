@@ -48,7 +48,7 @@ test-host:
 test-kernel:
 	@mkdir -p $(REPORTS)
 	rm -f $(REPORTS)/kernel.xml
-	tests/vm/run python -m pytest tests/kernel -q -p no:cacheprovider --ignore=tests/kernel/test_service_unit.py --ignore=tests/kernel/test_crash.py --ignore=tests/kernel/test_restart.py --junitxml=$(REPORTS)/kernel.xml
+	tests/vm/run python -m pytest tests/kernel -q -p no:cacheprovider --ignore=tests/kernel/test_crash.py --ignore=tests/kernel/test_restart.py --junitxml=$(REPORTS)/kernel.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel.xml 40
 
 # Issue 4's crash test: 20 SIGKILLs under a two-client workload, a daemon start
@@ -68,10 +68,8 @@ test-restart: venv
 	XFRMID_VM_DIR=build/vm-crash tests/vm/run python -m pytest tests/kernel/test_restart.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-restart.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-restart.xml 1
 
-# The shipped unit under real systemd (nspawn) in the VM. Not part of `make test`
-# yet: its fix for a checkout under /tmp (nspawn hides the
-# container's /tmp behind a tmpfs; the test binds the checkout back in) passed
-# from a /tmp clone (8 passed, 88 s); it waits for a full-suite run beside the shared daemon.
+# The shipped unit under real systemd (nspawn) in the VM, in a network
+# namespace of its own; also part of `make test`.
 test-service-unit: venv
 	XFRMID_VM_DIR=build/vm-service-unit tests/vm/run python -m pytest tests/kernel/test_service_unit.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-service-unit.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-service-unit.xml 8
