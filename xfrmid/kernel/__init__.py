@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 
-from ..errors import KernelUnsupported
-from . import addresses as _addresses
-from . import links as _links
-from . import routes as _routes
-from . import rules as _rules
-from .features import Features, probe_features, probe_features_sync
-from .namespace import Namespaces
-from .objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
+from .. import pyroute2_import
+
+pyroute2_import.install()  # before any pyroute2 import below: skips its eager package __init__
+
+from ..errors import KernelUnsupported  # noqa: E402
+from . import addresses as _addresses  # noqa: E402
+from . import links as _links  # noqa: E402
+from . import routes as _routes  # noqa: E402
+from . import rules as _rules  # noqa: E402
+from .features import Features, probe_features, probe_features_sync  # noqa: E402
+from .namespace import Namespaces  # noqa: E402
+from .objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec  # noqa: E402
 
 __all__ = ["Kernel", "Features", "probe_features", "probe_features_sync"]
 
@@ -67,8 +71,13 @@ class Kernel:
         await _links.delete_link(await self._ns.rtnl(netns), netns, name)
 
     # addresses
-    async def addresses(self, netns: str | None, ifname: str) -> set[str]:
-        return await _addresses.addresses(await self._ns.rtnl(netns), netns, ifname)
+    async def addresses(self, netns: str | None, ifname: str, ifindex: int | None = None) -> set[str]:
+        """Addresses of one interface; pass ``ifindex`` when known (saves a lookup)."""
+        return await _addresses.addresses(await self._ns.rtnl(netns), netns, ifname, ifindex)
+
+    async def addresses_by_index(self, netns: str | None) -> dict[int, set[str]]:
+        """Every address of the namespace by ifindex, in one dump."""
+        return await _addresses.addresses_by_index(await self._ns.rtnl(netns), netns)
 
     async def add_address(self, netns: str | None, spec: AddressSpec) -> None:
         await _addresses.add_address(await self._ns.rtnl(netns), netns, spec)
@@ -77,8 +86,11 @@ class Kernel:
         await _addresses.remove_address(await self._ns.rtnl(netns), netns, spec)
 
     # routes and rules carrying xfrmid's protocol
-    async def own_routes(self, netns: str | None) -> set[RouteSpec]:
-        return await _routes.own_routes(await self._ns.rtnl(netns), netns)
+    async def own_routes(
+        self, netns: str | None, dev: str | None = None, ifindex: int | None = None
+    ) -> set[RouteSpec]:
+        """xfrmid's routes; only those through ``dev`` if given (``ifindex`` saves a lookup)."""
+        return await _routes.own_routes(await self._ns.rtnl(netns), netns, dev, ifindex)
 
     async def add_route(self, netns: str | None, spec: RouteSpec) -> None:
         await _routes.add_route(await self._ns.rtnl(netns), netns, spec)
