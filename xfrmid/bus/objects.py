@@ -6,7 +6,7 @@ arguments into one Manager call each; the caller's unique name comes from
 """
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from dbus_fast import Variant
 from dbus_fast.constants import PropertyAccess
@@ -46,10 +46,20 @@ def _ns(opts: dict[str, Any]) -> str | None:
 
 
 class ManagerInterface(ServiceInterface):
-    def __init__(self, manager: "Manager", reload: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        manager: "Manager",
+        reload: Callable[[], Awaitable[None]],
+        views: Callable[[], Iterable[InterfaceInfo]] | None = None,
+        count: Callable[[], int] | None = None,
+    ) -> None:
+        """``views``/``count``: the interfaces as published on the bus (BusService's
+        tree); without them the manager is asked, which builds every view anew."""
         super().__init__(MANAGER_IFACE)
         self._manager = manager
         self._reload = reload
+        self._views = views or (lambda: self._manager.interfaces())
+        self._count = count or (lambda: len(self._manager.interfaces()))
         for method in ServiceInterface._get_methods(self):
             for arg, name in zip(method.introspection.out_args, OUT_NAMES.get(method.name, [])):
                 arg.name = name
@@ -111,7 +121,7 @@ class ManagerInterface(ServiceInterface):
     async def ListInterfaces(self) -> "a(suso)":
         return [
             [i.name, i.if_id, i.netns, interface_path(i.name, i.netns)]
-            for i in sorted(self._manager.interfaces(), key=lambda i: (i.netns, i.name))
+            for i in sorted(self._views(), key=lambda i: (i.netns, i.name))
         ]
 
     @dbus_method()
@@ -135,7 +145,7 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def InterfaceCount(self) -> "u":
-        return len(self._manager.interfaces())
+        return self._count()
 
 
 def _route_options(o: dict[str, Any]) -> dict[str, Any]:
@@ -172,35 +182,51 @@ PROPERTY_OF: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mask": ("MarkMask", int),
 }
 
+# D-Bus property -> (InterfaceInfo field, value for the bus)
+FIELD_OF: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    prop: (field, convert) for field, (prop, convert) in PROPERTY_OF.items()
+}
+
 
 def bus_properties(info: InterfaceInfo) -> dict[str, Any]:
     return {prop: convert(getattr(info, field)) for field, (prop, convert) in PROPERTY_OF.items()}
 
 
-class InterfaceObject(ServiceInterface):
-    """org.xfrmid1.Interface for one managed or adopted interface."""
+def bus_property(info: InterfaceInfo, prop: str) -> Any:
+    """One property's value for the bus (KeyError for a name the interface does not have)."""
+    field, convert = FIELD_OF[prop]
+    return convert(getattr(info, field))
 
-    def __init__(self, info: InterfaceInfo) -> None:
+
+def changed_properties(old: InterfaceInfo, new: InterfaceInfo) -> dict[str, Any]:
+    """The properties whose bus value differs between two views of one interface."""
+    return {
+        prop: convert(getattr(new, field))
+        for field, (prop, convert) in PROPERTY_OF.items()
+        if getattr(old, field) != getattr(new, field)
+    }
+
+
+class InterfaceObject(ServiceInterface):
+    """The definition of org.xfrmid1.Interface: its introspection and property types.
+
+    Interfaces are not exported one dbus-fast object each (xfrmid.bus.tree
+    answers for them from the published views); this class is what their
+    introspection and property signatures are read from, so the definition
+    stays one piece of code with the Manager's.
+    """
+
+    def __init__(self, info: InterfaceInfo | None = None) -> None:
         super().__init__(INTERFACE_IFACE)
         self.info = info
-        self._values = bus_properties(info)
         for sig in ServiceInterface._get_signals(self):
             for arg, name in zip(sig.introspection.args, SIGNAL_ARG_NAMES.get(sig.name, [])):
                 arg.name = name
 
-    @property
-    def path(self) -> str:
-        return interface_path(self.info.name, self.info.netns)
-
-    def update(self, info: InterfaceInfo) -> dict[str, Any]:
-        """Take a new view; emit PropertiesChanged with what differs and return it."""
-        values = bus_properties(info)
-        changed = {k: v for k, v in values.items() if self._values.get(k) != v}
-        self.info = info
-        self._values = values
-        if changed:
-            self.emit_properties_changed(changed)
-        return changed
+    def _value(self, prop: str) -> Any:
+        if self.info is None:
+            raise LookupError("InterfaceObject without a view has no property values")
+        return bus_property(self.info, prop)
 
     @dbus_signal()
     def Repaired(self, what: "s") -> "s":
@@ -210,56 +236,56 @@ class InterfaceObject(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":
-        return self._values["Name"]
+        return self._value("Name")
 
     @dbus_property(access=PropertyAccess.READ)
     def IfId(self) -> "u":
-        return self._values["IfId"]
+        return self._value("IfId")
 
     @dbus_property(access=PropertyAccess.READ)
     def Netns(self) -> "s":
-        return self._values["Netns"]
+        return self._value("Netns")
 
     @dbus_property(access=PropertyAccess.READ)
     def Ifindex(self) -> "i":
-        return self._values["Ifindex"]
+        return self._value("Ifindex")
 
     @dbus_property(access=PropertyAccess.READ)
     def Link(self) -> "s":
-        return self._values["Link"]
+        return self._value("Link")
 
     @dbus_property(access=PropertyAccess.READ)
     def Mtu(self) -> "u":
-        return self._values["Mtu"]
+        return self._value("Mtu")
 
     @dbus_property(access=PropertyAccess.READ)
     def External(self) -> "b":
-        return self._values["External"]
+        return self._value("External")
 
     @dbus_property(access=PropertyAccess.READ)
     def OperState(self) -> "s":
-        return self._values["OperState"]
+        return self._value("OperState")
 
     @dbus_property(access=PropertyAccess.READ)
     def Owned(self) -> "b":
-        return self._values["Owned"]
+        return self._value("Owned")
 
     @dbus_property(access=PropertyAccess.READ)
     def Owners(self) -> "as":
-        return self._values["Owners"]
+        return self._value("Owners")
 
     @dbus_property(access=PropertyAccess.READ)
     def Addresses(self) -> "as":
-        return self._values["Addresses"]
+        return self._value("Addresses")
 
     @dbus_property(access=PropertyAccess.READ)
     def Routes(self) -> "a(sus)":
-        return self._values["Routes"]
+        return self._value("Routes")
 
     @dbus_property(access=PropertyAccess.READ)
     def Mark(self) -> "u":
-        return self._values["Mark"]
+        return self._value("Mark")
 
     @dbus_property(access=PropertyAccess.READ)
     def MarkMask(self) -> "u":
-        return self._values["MarkMask"]
+        return self._value("MarkMask")

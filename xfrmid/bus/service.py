@@ -15,9 +15,10 @@ import contextvars
 import logging
 from typing import Any, Awaitable, Callable
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import MessageFlag, NameFlag, RequestNameReply
+from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface
 
 from ..core.views import InterfaceInfo
@@ -25,8 +26,17 @@ from ..errors import Failed
 from .access import AccessControl
 from .busdaemon import bus_daemon_call
 from .errormap import error_reply
-from .names import BUS_NAME, INTERFACE_IFACE, MANAGER_IFACE, MANAGER_PATH, OBJECT_MANAGER_IFACE
-from .objects import CALLER, OPEN_METHODS, InterfaceObject, ManagerInterface, bus_properties
+from .names import (
+    BUS_NAME,
+    INTERFACE_IFACE,
+    MANAGER_IFACE,
+    MANAGER_PATH,
+    OBJECT_MANAGER_IFACE,
+    PROPERTIES_IFACE,
+    interface_path,
+)
+from .objects import CALLER, OPEN_METHODS, ManagerInterface, changed_properties
+from .tree import InterfaceTree, as_variants, variants
 
 log = logging.getLogger("xfrmid.bus")
 
@@ -64,11 +74,17 @@ class BusService:
         self._manager = manager
         self._bus = bus
         self._access = AccessControl(bus)
-        self._root = ManagerInterface(manager, reload)
-        self._objects: dict[tuple[str, str], InterfaceObject] = {}
+        self._tree = InterfaceTree()
+        self._root = ManagerInterface(manager, reload, views=self._tree.views, count=lambda: len(self._tree))
+        self._root_node = intr.Node.default(MANAGER_PATH)
+        self._root_node.interfaces.append(self._root.introspect())
         self._tasks: set[asyncio.Task] = set()
         self._methods = {m.name: m for m in ServiceInterface._get_methods(self._root)}
         self._count = 0
+        # unique name -> Attach calls of it being handled, and those of them whose
+        # caller left meanwhile (NameOwnerChanged arrived): see _attach_finished
+        self._attaching: dict[str, int] = {}
+        self._left_while_attaching: set[str] = set()
 
     @property
     def bus(self) -> XfrmidMessageBus:
@@ -80,8 +96,8 @@ class BusService:
         await self._add_match(_NAME_OWNER_CHANGED)
         self._bus.export(MANAGER_PATH, self._root)
         for info in self._manager.interfaces():
-            self._export(info, announce=False)
-        self._count = len(self._objects)
+            self._tree.put(info)
+        self._count = len(self._tree)
         self._manager.subscribe(self)
         await self._release_departed_callers()
         if request_name:
@@ -108,13 +124,21 @@ class BusService:
             if msg.member == "NameOwnerChanged" and msg.sender == "org.freedesktop.DBus":
                 self._name_owner_changed(msg)
             return False
-        if msg.message_type != MessageType.METHOD_CALL or msg.path != MANAGER_PATH:
+        if msg.message_type != MessageType.METHOD_CALL:
             return False
-        if msg.interface not in (None, MANAGER_IFACE):
-            return False
+        if msg.path != MANAGER_PATH or msg.interface not in (None, MANAGER_IFACE):
+            # interface objects, GetManagedObjects, Introspect (raises DBusError for standard errors)
+            reply = self._tree.handle(msg, self._root_node)
+            if reply is None:
+                return False  # dbus-fast answers (Properties of the Manager, Peer, unknown objects)
+            if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+                self._bus.send(reply)
+            return True
         method = self._methods.get(msg.member)
         if method is None or method.in_signature != msg.signature:
             return False  # dbus-fast answers UnknownMethod
+        if msg.member == "Attach" and msg.sender:
+            self._attaching[msg.sender] = self._attaching.get(msg.sender, 0) + 1
         ctx = contextvars.copy_context()
         ctx.run(CALLER.set, msg.sender)
         task = asyncio.get_running_loop().create_task(self._dispatch(msg, method), context=ctx)
@@ -126,9 +150,11 @@ class BusService:
         try:
             if msg.member not in OPEN_METHODS:
                 await self._access.require_admin(msg.sender, msg.member)
-            result = await method.fn(self._root, *msg.body)
-            if msg.member == "Attach" and CALLER.get():
-                await self._check_caller_alive(msg)
+            try:
+                result = await method.fn(self._root, *msg.body)
+            finally:
+                if msg.member == "Attach" and msg.sender:
+                    await self._attach_finished(msg.sender)
             if not method.out_signature:
                 body: list[Any] = []
             elif len(method.out_signature_tree.types) == 1:
@@ -154,17 +180,28 @@ class BusService:
             if await bus_daemon_call(self._bus, "NameHasOwner", "s", [caller]) is False:
                 await self._vanished(caller)
 
-    async def _check_caller_alive(self, msg: Message) -> None:
-        """A bind_to_caller client that left before its Attach finished never
-        produces a NameOwnerChanged we could act on later: release now."""
-        if await bus_daemon_call(self._bus, "NameHasOwner", "s", [msg.sender]) is False:
-            await self._manager.caller_vanished(msg.sender)
+    async def _attach_finished(self, sender: str) -> None:
+        """A bind_to_caller client that left before its Attach finished: its
+        NameOwnerChanged may have been handled before the reference existed,
+        so release again now. The bus delivers a client's calls before its
+        NameOwnerChanged on our one connection, and _on_message counts the call
+        when it is read, so no round trip to the bus daemon is needed."""
+        left = self._attaching.get(sender, 1) - 1
+        if left > 0:
+            self._attaching[sender] = left
+            return
+        self._attaching.pop(sender, None)
+        if sender in self._left_while_attaching:
+            self._left_while_attaching.discard(sender)
+            await self._manager.caller_vanished(sender)
 
     def _name_owner_changed(self, msg: Message) -> None:
         name, _old, new = msg.body
         if not name.startswith(":") or new:
             return
         self._access.forget(name)
+        if name in self._attaching:
+            self._left_while_attaching.add(name)
         task = asyncio.get_running_loop().create_task(self._vanished(name))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -177,67 +214,43 @@ class BusService:
 
     # ---- ManagerListener ------------------------------------------------
 
-    def _export(self, info: InterfaceInfo, announce: bool = True) -> None:
-        obj = InterfaceObject(info)
-        old = self._objects.pop(info.key, None)
-        if old is not None:
-            self._unexport(old)
-        self._objects[info.key] = obj
-        self._bus.export(obj.path, obj)
-        if announce:
-            self._signal(
-                "InterfacesAdded",
-                "oa{sa{sv}}",
-                [obj.path, {INTERFACE_IFACE: _variants(obj)}],
-            )
-
-    def _unexport(self, obj: InterfaceObject) -> None:
-        self._bus.unexport(obj.path)
-        self._signal("InterfacesRemoved", "oas", [obj.path, [INTERFACE_IFACE]])
-
-    def _signal(self, member: str, signature: str, body: list[Any]) -> None:
+    def _signal(self, path: str, interface: str, member: str, signature: str, body: list[Any]) -> None:
         if not self._bus.connected:
             return
-        self._bus.send(
-            Message.new_signal(MANAGER_PATH, OBJECT_MANAGER_IFACE, member, signature, body)
-        )
+        self._bus.send(Message.new_signal(path, interface, member, signature, body))
 
     def _count_changed(self) -> None:
-        count = len(self._objects)
+        count = len(self._tree)
         if count != self._count:
             self._count = count
             self._root.emit_properties_changed({"InterfaceCount": count})
 
     def interface_added(self, info: InterfaceInfo) -> None:
-        existing = self._objects.get(info.key)
-        if existing is not None:
-            existing.update(info)
-        else:
-            log.debug("exporting %s", info.name)
-            self._export(info)
-        self._count_changed()
+        self.interface_changed(info)
 
     def interface_changed(self, info: InterfaceInfo) -> None:
-        existing = self._objects.get(info.key)
-        if existing is None:
-            self.interface_added(info)
-        else:
-            existing.update(info)
+        path, old = self._tree.put(info)
+        if old is None:
+            log.debug("exporting %s", info.name)
+            self._signal(MANAGER_PATH, OBJECT_MANAGER_IFACE, "InterfacesAdded", "oa{sa{sv}}",
+                         [path, {INTERFACE_IFACE: variants(info)}])
+            self._count_changed()
+            return
+        changed = changed_properties(old, info)
+        if changed:
+            self._signal(path, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
+                         [INTERFACE_IFACE, as_variants(changed), []])
 
     def interface_removed(self, info: InterfaceInfo) -> None:
-        obj = self._objects.pop(info.key, None)
-        if obj is not None:
-            self._unexport(obj)
+        path = self._tree.remove(info)
+        if path is not None:
+            self._signal(MANAGER_PATH, OBJECT_MANAGER_IFACE, "InterfacesRemoved", "oas", [path, [INTERFACE_IFACE]])
         self._count_changed()
 
     def repaired(self, info: InterfaceInfo, what: str) -> None:
         log.info("repaired %s%s: %s", info.name, f" in netns {info.netns}" if info.netns else "", what)
         self.interface_changed(info)
-        obj = self._objects.get(info.key)
-        if obj is not None and self._bus.connected:
-            obj.Repaired(what)  # after PropertiesChanged, so a listener reading properties sees the repair
-
-
-def _variants(obj: InterfaceObject) -> dict[str, Variant]:
-    signatures = {p.name: p.signature for p in ServiceInterface._get_properties(obj)}
-    return {name: Variant(signatures[name], value) for name, value in bus_properties(obj.info).items()}
+        # after PropertiesChanged, so a listener reading properties sees the repair
+        path = interface_path(info.name, info.netns)
+        if path in self._tree:
+            self._signal(path, INTERFACE_IFACE, "Repaired", "s", [what])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InterfaceInfo:
     """One managed or adopted interface, as the contract's Interface object shows it."""
 
@@ -30,7 +30,7 @@ class InterfaceInfo:
         return (self.netns, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttachResult:
     info: InterfaceInfo
     if_id: int

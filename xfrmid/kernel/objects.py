@@ -16,7 +16,7 @@ XFRMID_LINK_GROUP = 120  # IFLA_GROUP of links xfrmid created (bulk listing/dele
 XFRMID_ALIAS = "xfrmid"  # IFLA_IFALIAS of links xfrmid created
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkSpec:
     """An XFRM interface as xfrmid wants it."""
 
@@ -28,7 +28,7 @@ class LinkSpec:
     external: bool = False  # collect_md mode (IFLA_XFRM_COLLECT_METADATA)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkState:
     """An XFRM interface as the kernel reports it."""
 
@@ -43,7 +43,7 @@ class LinkState:
     owned: bool  # carries xfrmid's markers: xfrmid created it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddressSpec:
     """An address on an interface; ``cidr`` normalised by validate.parse_interface_cidr."""
 
@@ -51,7 +51,7 @@ class AddressSpec:
     cidr: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """A route through an interface; ``dst`` is a normalised network ("10.0.0.0/8")."""
 
@@ -62,7 +62,7 @@ class RouteSpec:
     metric: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleSpec:
     """A policy routing rule; ``invert`` is iproute2's ``not`` (FIB_RULE_INVERT)."""
 
