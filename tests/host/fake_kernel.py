@@ -64,8 +64,10 @@ class FakeKernel:
         self._ns(netns).addresses.setdefault(name, set())
         return state
 
+    READS = ("xfrm_links", "link", "addresses", "addresses_by_index", "own_routes", "own_rules")
+
     def mutations(self) -> list[tuple[str, object]]:
-        return [c for c in self.calls if c[0] not in ("xfrm_links", "addresses", "own_routes", "own_rules")]
+        return [c for c in self.calls if c[0] not in self.READS]
 
     def _ns(self, netns: str | None) -> Namespace:
         try:
@@ -91,6 +93,15 @@ class FakeKernel:
     async def xfrm_links(self, netns):
         self._op("xfrm_links", netns)
         return list(self._ns(netns).links.values())
+
+    async def link(self, netns, name) -> LinkState:
+        self._op("link", name)
+        ns = self._ns(netns)
+        if name in ns.devices:
+            raise InvalidArgument(f"Interface {name!r} is not an xfrm interface.")
+        if name not in ns.links:
+            raise NotFound(f"Interface {name!r} does not exist.")
+        return ns.links[name]
 
     async def create_link(self, netns, spec: LinkSpec) -> LinkState:
         self._op("create_link", spec)
@@ -134,11 +145,20 @@ class FakeKernel:
         ns.routes = {r for r in ns.routes if r.dev != name}
         ns.foreign_routes = {r for r in ns.foreign_routes if r.dev != name}
 
-    async def addresses(self, netns, ifname) -> set[str]:
+    async def addresses(self, netns, ifname, ifindex=None) -> set[str]:
         self._op("addresses", ifname)
         ns = self._ns(netns)
         self._dev(ns, ifname)
+        link = ns.links.get(ifname)
+        if ifindex is not None and (link is None or link.ifindex != ifindex):
+            raise NotFound(f"Interface {ifname!r} (ifindex {ifindex}) does not exist.")
         return set(ns.addresses.get(ifname, set()))
+
+    async def addresses_by_index(self, netns) -> dict[int, set[str]]:
+        self._op("addresses_by_index", netns)
+        ns = self._ns(netns)
+        return {ns.links[name].ifindex: set(held) for name, held in ns.addresses.items()
+                if held and name in ns.links}
 
     async def add_address(self, netns, spec: AddressSpec) -> None:
         self._op("add_address", spec)
@@ -166,9 +186,9 @@ class FakeKernel:
         ns.routes = {r for r in ns.routes if survives(r)}
         ns.foreign_routes = {r for r in ns.foreign_routes if survives(r)}
 
-    async def own_routes(self, netns) -> set[RouteSpec]:
+    async def own_routes(self, netns, dev=None, ifindex=None) -> set[RouteSpec]:
         self._op("own_routes", netns)
-        return set(self._ns(netns).routes)
+        return {r for r in self._ns(netns).routes if dev is None or r.dev == dev}
 
     async def add_route(self, netns, spec: RouteSpec) -> None:
         self._op("add_route", spec)

@@ -64,3 +64,18 @@ async def test_address_on_missing_interface(kernel, netns):
 async def test_bad_cidr_is_invalid(kernel, netns, ipsec1):
     with pytest.raises(InvalidArgument, match="'10.1.1.300/24'"):
         await kernel.add_address(netns, AddressSpec(ipsec1, "10.1.1.300/24"))
+
+
+async def test_addresses_of_the_namespace_in_one_dump(kernel, netns, ipsec1):
+    other = await kernel.create_link(netns, LinkSpec(name="ipsec2", if_id=2))
+    await kernel.add_address(netns, AddressSpec(ipsec1, "10.1.1.6/24"))
+    await kernel.add_address(netns, AddressSpec(ipsec1, "2001:db8::6/128"))
+    await kernel.add_address(netns, AddressSpec("ipsec2", "10.1.2.6/32"))
+    first = (await kernel.link(netns, ipsec1)).ifindex
+    by_index = await kernel.addresses_by_index(netns)
+    assert by_index[first] == {"10.1.1.6/24", "2001:db8::6/128"}  # no link-local
+    assert by_index[other.ifindex] == {"10.1.2.6/32"}
+    assert await kernel.addresses(netns, "ipsec2", other.ifindex) == {"10.1.2.6/32"}
+    await kernel.delete_link(netns, "ipsec2")
+    with pytest.raises(NotFound):
+        await kernel.addresses(netns, "ipsec2", other.ifindex)

@@ -249,3 +249,55 @@ async def test_concurrent_identical_creates_agree(kernel, netns):
     spec = LinkSpec(name="ipsec41", if_id=41)
     first, second = await asyncio.gather(kernel.create_link(netns, spec), kernel.create_link(netns, spec))
     assert first.ifindex == second.ifindex and first.name == "ipsec41"
+
+
+async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
+    from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
+
+    from xfrmid.kernel import links
+    from xfrmid.kernel.namespace import dump
+
+    ip_run("link", "add", "eth42", "type", "veth", "peer", "name", "eth42p", netns=netns)
+    await kernel.create_link(netns, LinkSpec(name="ipsec42", if_id=42, link="eth42", mtu=1300))
+    await kernel.create_link(netns, LinkSpec(name="ipsec43", if_id=43, up=False))
+    await kernel.create_link(netns, LinkSpec(name="ipsec44", if_id=44, external=True))
+    ip_run("link", "add", "ipsec45", "type", "xfrm", "if_id", "0x45", netns=netns)
+    ipr = await kernel._ns.rtnl(netns)
+    decoded = await links._states(ipr, [m for m in await dump(ipr, links._query_xfrm(), RTM_GETLINK)
+                                        if m["header"]["type"] == RTM_NEWLINK])
+    raw = await kernel.xfrm_links(netns)
+    assert sorted(raw, key=lambda s: s.name) == sorted(decoded, key=lambda s: s.name)
+    by_name = {s.name: s for s in raw}
+    assert by_name["ipsec42"].link == "eth42" and by_name["ipsec42"].mtu == 1300
+    assert by_name["ipsec43"].up is False and by_name["ipsec44"].external is True
+    assert by_name["ipsec45"].if_id == 0x45 and by_name["ipsec45"].owned is False
+
+
+async def test_round_trips_per_operation(kernel, netns, monkeypatch):
+    """A create sends create, mark and one get (no dump); change and delete one get each."""
+    from xfrmid.kernel import links
+
+    sent = []
+    real_request = links.request
+
+    async def counting(ipr, msg, msg_type, flags=links.F_REQ):
+        sent.append(msg_type)
+        return await real_request(ipr, msg, msg_type, flags)
+
+    async def no_dump(*args, **kwargs):
+        raise AssertionError("no dump expected")
+
+    await kernel.xfrm_links(netns)  # the namespace's socket, opened before counting
+    monkeypatch.setattr(links, "request", counting)
+    monkeypatch.setattr(links, "raw_dump", no_dump)
+    state = await kernel.create_link(netns, LinkSpec(name="ipsec46", if_id=46, mtu=1400))
+    assert len(sent) == 3 and state.owned and state.up and state.mtu == 1400
+    sent.clear()
+    changed = await kernel.change_link(netns, "ipsec46", mtu=1280)
+    assert len(sent) == 2 and changed.mtu == 1280 and changed == await kernel.link(netns, "ipsec46")
+    sent.clear()
+    down = await kernel.change_link(netns, "ipsec46", up=False)
+    assert len(sent) == 2 and down == await kernel.link(netns, "ipsec46")
+    sent.clear()
+    await kernel.delete_link(netns, "ipsec46")
+    assert len(sent) == 2 and not link_exists("ipsec46", netns)

@@ -10,10 +10,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import NotFound, XfrmidError
+from ..errors import InvalidArgument, NotFound, XfrmidError
 from ..journal import fields
 from ..kernel.backend import KernelBackend
-from ..kernel.objects import LinkState
+from ..kernel.objects import LinkState, RouteSpec
 from .plan import Action, KernelView
 
 log = logging.getLogger("xfrmid.core")
@@ -30,26 +30,74 @@ class ApplyResult:
         return any(a.op == "remove_address" for a in self.done)
 
 
+# Up to this many interfaces, addresses are read per interface (a dump the kernel
+# filters by ifindex each); beyond, one dump of the namespace's addresses is cheaper.
+FEW = 3
+
+
 async def snapshot(
     kernel: KernelBackend,
     netns: str | None,
     names: set[str] | None = None,
     parts: frozenset[str] = frozenset({"address", "route", "rule"}),
+    *,
+    whole: bool = True,
 ) -> KernelView:
     """Dump one namespace: xfrm links, plus the ``parts`` asked for (each dump costs).
 
     Addresses are read for ``names`` (all links if None); routes and rules are
     xfrmid's own only. A part left out reads as empty.
+
+    ``whole=False`` (with ``names``): read only the named links (a get each) and
+    the routes through them (dumps the kernel filters by device), so the cost
+    does not grow with the namespace; other links are then absent from the view
+    (an if_id clash with one of them surfaces as the create's Conflict). Rules
+    are always dumped whole: the kernel filters no rule dump.
     """
+    if whole or names is None:
+        return await _whole(kernel, netns, names, parts)
+    links: dict[str, LinkState] = {}
+    for name in sorted(names):
+        try:
+            links[name] = await kernel.link(netns, name)
+        except (NotFound, InvalidArgument):
+            pass  # absent, or another kind of device holds the name: not ours to read
+    addresses: dict[str, frozenset[str]] = {}
+    routes: set[RouteSpec] = set()
+    for name, state in list(links.items()):
+        try:
+            if "address" in parts:
+                addresses[name] = frozenset(await kernel.addresses(netns, name, state.ifindex))
+            if "route" in parts:
+                routes |= await kernel.own_routes(netns, name, state.ifindex)
+        except NotFound:  # deleted meanwhile: the plan treats it as absent
+            del links[name]
+            addresses.pop(name, None)
+    return KernelView(
+        links=links,
+        addresses=addresses,
+        routes=frozenset(routes),
+        rules=frozenset(await kernel.own_rules(netns)) if "rule" in parts else frozenset(),
+    )
+
+
+async def _whole(
+    kernel: KernelBackend, netns: str | None, names: set[str] | None, parts: frozenset[str]
+) -> KernelView:
     links = {state.name: state for state in await kernel.xfrm_links(netns)}
     addresses: dict[str, frozenset[str]] = {}
     if "address" in parts:
         wanted = set(links) if names is None else names & set(links)
-        for name in sorted(wanted):
-            try:
-                addresses[name] = frozenset(await kernel.addresses(netns, name))
-            except NotFound:
-                pass  # deleted between the two dumps: the plan treats it as absent
+        if len(wanted) > FEW:
+            by_index = await kernel.addresses_by_index(netns)
+            for name in wanted:
+                addresses[name] = frozenset(by_index.get(links[name].ifindex, ()))
+        else:
+            for name in sorted(wanted):
+                try:
+                    addresses[name] = frozenset(await kernel.addresses(netns, name, links[name].ifindex))
+                except NotFound:
+                    pass  # deleted between the two dumps: the plan treats it as absent
     return KernelView(
         links=links,
         addresses=addresses,

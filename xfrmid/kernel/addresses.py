@@ -16,8 +16,10 @@ from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_GETADDR, RTM_NEWADDR
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from ..validate import parse_interface_cidr
+from . import nlattrs
+from .events import _IFADDR, IFA_ADDRESS, IFA_LOCAL
 from .links import index_of
-from .namespace import F_CREATE, F_REQ, dump, request, where
+from .namespace import F_CREATE, F_REQ, raw_dump, request, where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_PROTO, AddressSpec
 
@@ -37,27 +39,51 @@ def _message(index: int, cidr: str) -> ifaddrmsg:
     return msg
 
 
-async def addresses(ipr, netns: str | None, ifname: str) -> set[str]:
-    index = await index_of(ipr, netns, ifname, what="Interface")
+IFA_PROTO = 11
+_ADDR_ATTRS = {IFA_LOCAL: nlattrs.span, IFA_ADDRESS: nlattrs.span, IFA_PROTO: nlattrs.u8}
+
+
+def _parse(data: bytes, pos: int, end: int) -> tuple[int, str] | None:
+    """(ifindex, "addr/prefix") of one raw RTM_NEWADDR; None for the kernel's own addresses."""
+    family, plen, _flags, _scope, index = _IFADDR.unpack_from(data, pos)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    attrs = nlattrs.pick(data, pos + 8, end, _ADDR_ATTRS)
+    proto = attrs.get(IFA_PROTO, 0)
+    # IFA_LOCAL is the interface's own address; IFA_ADDRESS the peer's on point-to-point links
+    where_ = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    if proto in _KERNEL_PROTOS or where_ is None:
+        return None
+    ip = ipaddress.ip_address(data[where_[0]:where_[1]])
+    if ip.version == 6 and ip.is_link_local and proto != XFRMID_PROTO:
+        return None  # the kernel's own link-local address (untagged before 5.18)
+    return index, f"{ip}/{plen}"
+
+
+async def _dump(ipr, query: ifaddrmsg, doing: str) -> list[tuple[int, str]]:
+    try:
+        raw = await raw_dump(ipr, query, RTM_GETADDR)
+    except NetlinkError as exc:
+        raise translate(exc, doing) from None
+    return [
+        parsed for mtype, data, pos, end in raw if mtype == RTM_NEWADDR and (parsed := _parse(data, pos, end))
+    ]
+
+
+async def addresses(ipr, netns: str | None, ifname: str, ifindex: int | None = None) -> set[str]:
+    """The addresses of one interface; ``ifindex`` (if the caller knows it) saves a lookup."""
+    index = ifindex if ifindex is not None else await index_of(ipr, netns, ifname, what="Interface")
     query = ifaddrmsg()
     query["index"] = index  # strict dump: the kernel filters by ifa_index
-    try:
-        msgs = await dump(ipr, query, RTM_GETADDR)
-    except NetlinkError as exc:
-        raise translate(exc, f"Listing addresses of {ifname!r}{where(netns)}") from None
-    found: set[str] = set()
-    for msg in msgs:
-        if msg.get("header", {}).get("type") != RTM_NEWADDR or msg["index"] != index:
-            continue
-        if msg.get_attr("IFA_PROTO") in _KERNEL_PROTOS:
-            continue
-        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if address is None:
-            continue
-        cidr = ipaddress.ip_interface(f"{address}/{msg['prefixlen']}")
-        if cidr.version == 6 and cidr.ip.is_link_local and msg.get_attr("IFA_PROTO") != XFRMID_PROTO:
-            continue  # the kernel's own link-local address (untagged before 5.18)
-        found.add(cidr.with_prefixlen)
+    doing = f"Listing addresses of {ifname!r}{where(netns)}"
+    return {cidr for i, cidr in await _dump(ipr, query, doing) if i == index}
+
+
+async def addresses_by_index(ipr, netns: str | None) -> dict[int, set[str]]:
+    """Every address of the namespace in one dump, by ifindex (interfaces without any are absent)."""
+    found: dict[int, set[str]] = {}
+    for index, cidr in await _dump(ipr, ifaddrmsg(), f"Listing addresses{where(netns)}"):
+        found.setdefault(index, set()).add(cidr)
     return found
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import os
 import socket
+import struct
 import threading
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import NetlinkRequest
 
 from ..errors import Failed, NotFound
@@ -28,6 +31,10 @@ NETLINK_ROUTE = 0
 F_REQ = NLM_F_REQUEST | NLM_F_ACK
 F_CREATE = F_REQ | NLM_F_CREATE | NLM_F_EXCL
 F_DUMP = NLM_F_REQUEST | NLM_F_DUMP
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP_INTR = 0x10  # the dumped table changed during the dump: not a consistent view
+_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_ERRNO = struct.Struct("=i")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -177,15 +184,67 @@ async def request(ipr: AsyncIPRoute, msg, msg_type: int, flags: int = F_REQ) -> 
     return [reply async for reply in req.response()]
 
 
+def _dump_lock(ipr: AsyncIPRoute) -> asyncio.Lock:
+    lock = getattr(ipr, "_xfrmid_dump_lock", None)
+    if lock is None:
+        lock = asyncio.Lock()
+        ipr._xfrmid_dump_lock = lock
+    return lock
+
+
 async def dump(ipr: AsyncIPRoute, msg, msg_type: int) -> list:
     """A dump request; the kernel filters by whatever the message carries.
 
     A netlink socket runs one dump at a time (a second one gets EBUSY), and
     concurrent D-Bus calls share the namespace's socket: dumps queue here.
     """
-    lock = getattr(ipr, "_xfrmid_dump_lock", None)
-    if lock is None:
-        lock = asyncio.Lock()
-        ipr._xfrmid_dump_lock = lock
-    async with lock:
+    async with _dump_lock(ipr):
         return await request(ipr, msg, msg_type, F_DUMP)
+
+
+RawMessage = tuple[int, bytes, int, int]  # type, datagram, payload start, message end
+
+
+async def raw_dump(ipr: AsyncIPRoute, msg, msg_type: int, *, attempts: int = 3) -> list[RawMessage]:
+    """A dump whose replies stay undecoded: (type, datagram, payload start, end) per message.
+
+    pyroute2 decodes every attribute of every message, which dominates a dump of
+    thousands of links; callers walk only the attributes they need (with the
+    helpers of events.py). The request goes through pyroute2's socket and
+    sequence numbers, the replies are taken raw from its per-request queue.
+    A dump the kernel marks inconsistent (NLM_F_DUMP_INTR) is taken again.
+    """
+    async with _dump_lock(ipr):
+        for attempt in range(attempts):
+            out, interrupted = await _raw_dump_once(ipr, msg, msg_type)
+            if not interrupted or attempt == attempts - 1:
+                return out
+        return out  # pragma: no cover - the loop always returns
+
+
+async def _raw_dump_once(ipr: AsyncIPRoute, msg, msg_type: int) -> tuple[list[RawMessage], bool]:
+    req = NetlinkRequest(ipr, msg, msg_type=msg_type, msg_flags=F_DUMP)
+    await req.send()
+    out: list[RawMessage] = []
+    interrupted = False
+    unpack = _HDR.unpack_from
+    try:
+        while True:
+            data = await ipr.msg_queue.get(req.msg_seq)
+            if not data:
+                raise NetlinkError(errno.ECONNRESET, "netlink socket closed during a dump")
+            pos, size = 0, len(data)
+            while pos + 16 <= size:
+                length, mtype, flags, _seq, _pid = unpack(data, pos)
+                if length < 16 or pos + length > size:
+                    break
+                if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+                    code = _ERRNO.unpack_from(data, pos + 16)[0] if length >= 20 else 0
+                    if code:
+                        raise NetlinkError(abs(code), os.strerror(abs(code)))
+                    return out, interrupted
+                interrupted |= bool(flags & NLM_F_DUMP_INTR)
+                out.append((mtype, data, pos + 16, pos + length))
+                pos += (length + 3) & ~3
+    finally:
+        req.cleanup()

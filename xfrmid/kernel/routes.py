@@ -21,8 +21,10 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from ..errors import Conflict, InvalidArgument
 from ..naming import check_ifname, check_u32
 from ..validate import family_of, parse_address, parse_network
-from .links import _names, get_msg, index_of
-from .namespace import F_CREATE, F_REQ, dump, request, where
+from . import nlattrs
+from .events import _RTMSG
+from .links import get_msg, index_of, names_of
+from .namespace import F_CREATE, F_REQ, raw_dump, request, where
 from .nlerrors import code_of, translate
 from .objects import MAIN_TABLE, XFRMID_PROTO, RouteSpec
 
@@ -82,37 +84,58 @@ def _message(spec: RouteSpec, oif: int, adding: bool) -> rtmsg:
     return msg
 
 
-async def own_routes(ipr, netns: str | None) -> set[RouteSpec]:
+_RTA_DST, _RTA_OIF, _RTA_PRIORITY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 6, 7, 15
+_ROUTE_ATTRS = {
+    family: {_RTA_DST: ip, _RTA_OIF: nlattrs.u32, _RTA_PRIORITY: nlattrs.u32, _RTA_PREFSRC: ip,
+             _RTA_TABLE: nlattrs.u32}
+    for family, ip in nlattrs.ADDRESS.items()
+}
+
+
+def _parse(data: bytes, pos: int, end: int) -> tuple[RouteSpec, int] | None:
+    """(RouteSpec with dev "", oif) of one raw RTM_NEWROUTE carrying xfrmid's protocol."""
+    family, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = _RTMSG.unpack_from(data, pos)
+    if proto != XFRMID_PROTO or family not in DEFAULT_METRIC:
+        return None
+    attrs = nlattrs.pick(data, pos + 12, end, _ROUTE_ATTRS[family])
+    dst = attrs.get(_RTA_DST) or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    metric = attrs.get(_RTA_PRIORITY, 0)
+    spec = RouteSpec(
+        dst=ipaddress.ip_network(f"{dst}/{dst_len}").with_prefixlen,
+        dev="",
+        table=attrs.get(_RTA_TABLE, table),
+        src=attrs.get(_RTA_PREFSRC),
+        metric=None if metric == DEFAULT_METRIC[family] else metric,
+    )
+    return spec, attrs.get(_RTA_OIF, 0)
+
+
+async def own_routes(
+    ipr, netns: str | None, dev: str | None = None, ifindex: int | None = None
+) -> set[RouteSpec]:
+    """xfrmid's routes, all tables; only those through ``dev`` if given (``ifindex``
+    saves its lookup). The kernel filters the dump by protocol (and device)."""
     query = rtmsg()
     query["family"] = socket.AF_UNSPEC
     query["proto"] = XFRMID_PROTO  # strict dump: the kernel filters by protocol, all tables
+    if dev is not None:
+        if ifindex is None:
+            found_dev = await get_msg(ipr, name=dev)
+            if found_dev is None:
+                return set()  # no device, no route through it
+            ifindex = found_dev["index"]
+        query["attrs"] = [("RTA_OIF", ifindex)]
     try:
-        msgs = await dump(ipr, query, RTM_GETROUTE)
+        raw = await raw_dump(ipr, query, RTM_GETROUTE)
     except NetlinkError as exc:
+        if dev is not None and code_of(exc) == 19:  # ENODEV: the device went meanwhile
+            return set()
         raise translate(exc, f"Listing xfrmid's routes{where(netns)}") from None
-    raw = []
-    for msg in msgs:
-        if msg.get("header", {}).get("type") != RTM_NEWROUTE:
-            continue
-        if msg["proto"] != XFRMID_PROTO or msg["family"] not in DEFAULT_METRIC:
-            continue
-        raw.append(msg)
-    names = await _names(ipr, {m.get_attr("RTA_OIF") for m in raw if m.get_attr("RTA_OIF")})
-    routes: set[RouteSpec] = set()
-    for msg in raw:
-        family = msg["family"]
-        dst = msg.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
-        metric = msg.get_attr("RTA_PRIORITY") or 0
-        routes.add(
-            RouteSpec(
-                dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}").with_prefixlen,
-                dev=names.get(msg.get_attr("RTA_OIF"), ""),
-                table=msg.get_attr("RTA_TABLE") or msg["table"],
-                src=msg.get_attr("RTA_PREFSRC"),
-                metric=None if metric == DEFAULT_METRIC[family] else metric,
-            )
-        )
-    return routes
+    found = [parsed for mtype, data, pos, end in raw if mtype == RTM_NEWROUTE and (parsed := _parse(data, pos, end))]
+    if dev is not None:
+        return {replace(spec, dev=dev) for spec, oif in found if oif == ifindex}
+    names = await names_of(ipr, {oif for _, oif in found if oif})
+    return {replace(spec, dev=names.get(oif, "")) for spec, oif in found}
 
 
 async def add_route(ipr, netns: str | None, spec: RouteSpec) -> None:

@@ -20,7 +20,9 @@ from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL, fibmsg
 from ..errors import InvalidArgument
 from ..naming import check_u32
 from ..validate import parse_network
-from .namespace import F_CREATE, F_REQ, dump, request, where
+from . import nlattrs
+from .events import _FIBRULE
+from .namespace import F_CREATE, F_REQ, raw_dump, request, where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_PROTO, RuleSpec
 
@@ -102,48 +104,50 @@ def _message(spec: RuleSpec) -> fibmsg:
     return msg
 
 
-def _spec(msg) -> RuleSpec:
-    family = msg["family"]
+_FRA_DST, _FRA_SRC, _FRA_PRIORITY, _FRA_FWMARK, _FRA_TABLE, _FRA_FWMASK, _FRA_PROTOCOL = 1, 2, 6, 10, 15, 16, 21
+_RULE_ATTRS = {
+    family: {_FRA_PROTOCOL: nlattrs.u8, _FRA_PRIORITY: nlattrs.u32, _FRA_TABLE: nlattrs.u32, _FRA_DST: ip,
+             _FRA_SRC: ip, _FRA_FWMARK: nlattrs.u32, _FRA_FWMASK: nlattrs.u32}
+    for family, ip in nlattrs.ADDRESS.items()
+}
 
-    def prefix(attr: str, length: str) -> str | None:
-        address = msg.get_attr(attr)
-        if address is None:
-            return None
-        return _prefix("selector", f"{address}/{msg[length]}", family)
 
-    fwmark = msg.get_attr("FRA_FWMARK")
-    fwmask = msg.get_attr("FRA_FWMASK")
+def _parse(data: bytes, pos: int, end: int) -> RuleSpec | None:
+    """The RuleSpec of one raw RTM_NEWRULE carrying xfrmid's protocol, else None."""
+    family, dst_len, src_len, _tos, table, _r1, _r2, action, flags = _FIBRULE.unpack_from(data, pos)
+    if family not in _FAMILIES or action != FR_ACT_TO_TBL:
+        return None
+    attrs = nlattrs.pick(data, pos + 12, end, _RULE_ATTRS[family])
+    if attrs.get(_FRA_PROTOCOL) != XFRMID_PROTO:
+        return None
+    fwmark, fwmask = attrs.get(_FRA_FWMARK), attrs.get(_FRA_FWMASK)
     if fwmark is None and fwmask:
         fwmark = 0
     if fwmark is not None and fwmask is None:
         fwmask = FULL_MASK
+    dst, src = attrs.get(_FRA_DST), attrs.get(_FRA_SRC)
     return RuleSpec(
-        priority=msg.get_attr("FRA_PRIORITY") or 0,
-        table=msg.get_attr("FRA_TABLE") or msg["table"],
+        priority=attrs.get(_FRA_PRIORITY, 0),
+        table=attrs.get(_FRA_TABLE, table),
         family=family,
-        dst=prefix("FRA_DST", "dst_len"),
-        src=prefix("FRA_SRC", "src_len"),
+        dst=None if dst is None else _prefix("selector", f"{dst}/{dst_len}", family),
+        src=None if src is None else _prefix("selector", f"{src}/{src_len}", family),
         fwmark=fwmark,
         fwmask=fwmask if fwmark is not None else None,
-        invert=bool(msg["flags"] & FIB_RULE_INVERT),
+        invert=bool(flags & FIB_RULE_INVERT),
     )
 
 
 async def own_rules(ipr, netns: str | None) -> set[RuleSpec]:
+    # The kernel filters no rule dump (fib_valid_dumprule_req refuses any
+    # selector), so every rule comes back; only FRA_PROTOCOL 120 ones are parsed.
     query = fibmsg()
     query["family"] = socket.AF_UNSPEC
     try:
-        msgs = await dump(ipr, query, RTM_GETRULE)
+        raw = await raw_dump(ipr, query, RTM_GETRULE)
     except NetlinkError as exc:
         raise translate(exc, f"Listing xfrmid's rules{where(netns)}") from None
-    return {
-        _spec(msg)
-        for msg in msgs
-        if msg.get("header", {}).get("type") == RTM_NEWRULE
-        and msg["family"] in _FAMILIES
-        and msg.get_attr("FRA_PROTOCOL") == XFRMID_PROTO
-        and msg["action"] == FR_ACT_TO_TBL
-    }
+    return {spec for mtype, data, pos, end in raw if mtype == RTM_NEWRULE and (spec := _parse(data, pos, end))}
 
 
 async def add_rule(ipr, netns: str | None, spec: RuleSpec) -> None:

@@ -1,0 +1,57 @@
+"""Attributes of raw rtnetlink messages, decoded only where a caller asks.
+
+Dumps of thousands of objects are parsed from the kernel's bytes (see
+namespace.raw_dump) with the walker of events.py: ``pick`` returns just the
+attributes named in a table of decoders, so each parser states what it reads
+and nothing else is decoded.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from .events import _U32, _cstr, _walk
+
+Decoder = Callable[[bytes, int, int], object]
+
+
+def u8(data: bytes, start: int, stop: int) -> int:
+    return data[start]
+
+
+def u32(data: bytes, start: int, stop: int) -> int:
+    return _U32.unpack_from(data, start)[0]
+
+
+def text(data: bytes, start: int, stop: int) -> str:
+    return _cstr(data, start, stop)
+
+
+def flag(data: bytes, start: int, stop: int) -> bool:
+    return True
+
+
+def span(data: bytes, start: int, stop: int) -> tuple[int, int]:
+    """Where a nested attribute's payload is, to pick from it in turn."""
+    return start, stop
+
+
+def address(family: int) -> Decoder:
+    def decode(data: bytes, start: int, stop: int) -> str:
+        return socket.inet_ntop(family, data[start:stop])
+
+    return decode
+
+
+ADDRESS = {socket.AF_INET: address(socket.AF_INET), socket.AF_INET6: address(socket.AF_INET6)}
+
+
+def pick(data: bytes, pos: int, end: int, decoders: dict[int, Decoder]) -> dict[int, object]:
+    """{attribute type: decoded value} of the attributes in data[pos:end] that ``decoders`` names."""
+    found: dict[int, object] = {}
+    for atype, start, stop in _walk(data, pos, end):
+        decode = decoders.get(atype)
+        if decode is not None:
+            found[atype] = decode(data, start, stop)
+    return found
