@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 
 import pytest
 
 from xfrmid.errors import Busy, Conflict, InvalidArgument, NotFound, NotOwned
 from xfrmid.kernel.objects import RouteSpec, RuleSpec
+from xfrmid.core.desired import DesiredInterface
 from xfrmid.core.manager import Manager
+from xfrmid.naming import NamePolicy
 from xfrmid.core.store import StateStore
 from xfrmid.settings import Settings, StaticInterface
 
@@ -228,7 +229,7 @@ async def test_kernel_failure_rolls_back(manager, kernel, settings):
         await manager.add_route("ipsec17", "a", "0.0.0.0/0")
     assert manager.get("ipsec17").routes == ()
     assert not ns(kernel).routes  # the half that went in was taken out again
-    saved = json.loads((StateStore.in_dir(settings.state_dir).path).read_text())
+    saved = StateStore.in_dir(settings.state_dir).load()
     assert saved["interfaces"][0]["owners"]["a"]["routes"] == []
 
 
@@ -393,3 +394,66 @@ async def test_reconcile_reports_repairs_to_listeners(manager, kernel):
     (event,) = [e for e in rec.events if e[0] == "repaired"]
     assert event[1] == "ipsec60" and "set up" in event[2] and "10.60.0.0/16" in event[2]
     assert await manager.reconcile_interface("ipsec60") == {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}
+
+
+async def test_reload_adding_an_interface_is_created_not_repaired(kernel, tmp_path):
+    m = Manager(kernel, Settings(state_dir=str(tmp_path)))
+    await m.start()
+    rec = Recorder()
+    m.subscribe(rec)
+    await m.reload(Settings(state_dir=str(tmp_path), static_interfaces=(StaticInterface(name="ipsec61"),)))
+    assert rec.kinds() == ["added"]  # announced as added; nothing was repaired
+    await kernel.delete_link(None, "ipsec61")  # drift: now its recreation is a repair
+    assert await m.reconcile() == {"created": 1, "repaired": 0, "adopted": 0, "removed": 0}
+    assert [e[2] for e in rec.events if e[0] == "repaired"] == ["created interface ipsec61"]
+    await m.stop()
+
+
+async def test_last_detach_logs_why_the_interface_went(manager, kernel, caplog):
+    await manager.attach("ipsec62", "conn-a")
+    await manager.create_interface("ipsec63")
+    kernel.foreign_link("ipsec64", 64, owned=True)  # a marked leftover
+    with caplog.at_level("INFO", logger="xfrmid.core"):
+        assert await manager.detach("ipsec62", "conn-a")
+        await manager.delete_interface("ipsec63")
+        await manager.reconcile()
+    assert "deleted interface ipsec62: its last owner conn-a detached" in caplog.text
+    assert "deleted interface ipsec63: requested by DeleteInterface" in caplog.text
+    assert "removed leftover interface ipsec64" in caplog.text
+    assert "leftover interface ipsec62" not in caplog.text and "leftover interface ipsec63" not in caplog.text
+
+
+async def test_one_call_plans_and_reads_only_its_interface(manager, kernel, monkeypatch):
+    for i in range(70, 80):
+        await manager.attach(f"ipsec{i}", "a")
+        await manager.add_route(f"ipsec{i}", "a", f"10.{i}.0.0/16")
+    expanded = []
+    real = DesiredInterface.kernel_routes
+
+    def spy(self, mask, peer):
+        expanded.append(self.name)
+        return real(self, mask, peer)
+
+    monkeypatch.setattr(DesiredInterface, "kernel_routes", spy)
+    kernel.calls.clear()
+    await manager.attach("ipsec75", "b")
+    await manager.add_route("ipsec76", "a", "10.176.0.0/16")
+    assert set(expanded) == {"ipsec75", "ipsec76"}
+    assert not [c for c in kernel.calls if c[0] == "xfrm_links"]  # no namespace dump per call
+
+
+async def test_interfaces_sharing_a_mark_keep_each_others_peer_rule(kernel, tmp_path):
+    m = Manager(kernel, Settings(state_dir=str(tmp_path), name_policy=NamePolicy(any_name=True)))
+    await m.start()
+    await m.create_interface("ipsec81", external=True)
+    await m.create_interface("vpn81", 81)  # the same if_id, so the same output mark
+    for name in ("ipsec81", "vpn81"):
+        await m.attach(name, "a")
+    await m.add_route("vpn81", "a", "10.81.0.0/16", peer="10.81.0.1")
+    rules = set(ns(kernel).rules)
+    assert len(rules) == 1
+    await m.add_route("ipsec81", "a", "10.82.0.0/16", peer="10.82.0.1")
+    await m.detach("ipsec81", "a")  # ipsec81's sync must not take vpn81's rule (same mark)
+    assert rules <= set(ns(kernel).rules)
+    assert await m.reconcile() == {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}
+    await m.stop()

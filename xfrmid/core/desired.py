@@ -19,10 +19,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..errors import Conflict, InvalidArgument
+from ..errors import InvalidArgument
 from ..kernel.objects import LinkSpec, RouteSpec, RuleSpec
 from ..naming import output_mark
-from .routes_policy import PeerPolicy, RouteRequest, effective_metric, expand
+from .routes_policy import PeerPolicy, RouteRequest, expand
 
 Key = tuple[str | None, str]  # (netns or None for the daemon's own, interface name)
 
@@ -168,7 +168,12 @@ class DesiredInterface:
 
 @dataclass
 class DesiredState:
-    """Every interface xfrmid keeps, plus the bookkeeping reconcile needs."""
+    """Every interface xfrmid keeps, plus the bookkeeping reconcile needs.
+
+    ``interfaces`` is read freely but changed only through ``put``/``remove``/``drop``,
+    which keep the per-namespace indexes (by name, by if_id) in step, so a call on
+    one interface never has to walk the others.
+    """
 
     interfaces: dict[Key, DesiredInterface] = field(default_factory=dict)
     # Addresses xfrmid released but may not have removed yet (a crash in between):
@@ -176,6 +181,8 @@ class DesiredState:
     retired: dict[Key, set[str]] = field(default_factory=dict)
     # Every namespace xfrmid has put objects in: where reconcile looks for leftovers.
     namespaces: set[str | None] = field(default_factory=lambda: {None})
+    _by_netns: dict[str | None, dict[str, DesiredInterface]] = field(default_factory=dict, repr=False, compare=False)
+    _by_if_id: dict[tuple[str | None, int], set[str]] = field(default_factory=dict, repr=False, compare=False)
 
     # --- queries -----------------------------------------------------------
 
@@ -183,7 +190,18 @@ class DesiredState:
         return self.interfaces.get(key)
 
     def in_netns(self, netns: str | None) -> list[DesiredInterface]:
-        return [i for i in self.interfaces.values() if i.netns == netns]
+        return list(self._by_netns.get(netns, {}).values())
+
+    def has_netns(self, netns: str | None) -> bool:
+        return bool(self._by_netns.get(netns))
+
+    def names_in(self, netns: str | None) -> set[str]:
+        return set(self._by_netns.get(netns, ()))
+
+    def with_if_id(self, netns: str | None, if_id: int) -> list[DesiredInterface]:
+        """The interfaces of a namespace with this if_id (several only when external ones share it)."""
+        names = self._by_if_id.get((netns, if_id), ())
+        return [self.interfaces[(netns, n)] for n in sorted(names)]
 
     def if_ids(self, netns: str | None) -> dict[str, int]:
         return {i.name: i.if_id for i in self.in_netns(netns)}
@@ -194,12 +212,29 @@ class DesiredState:
     # --- mutations (pure; the manager persists and applies) ----------------
 
     def put(self, iface: DesiredInterface) -> None:
+        self.remove(iface.key)
         self.interfaces[iface.key] = iface
+        self._by_netns.setdefault(iface.netns, {})[iface.name] = iface
+        self._by_if_id.setdefault((iface.netns, iface.if_id), set()).add(iface.name)
         self.namespaces.add(iface.netns)
+
+    def remove(self, key: Key) -> DesiredInterface | None:
+        """Forget an interface and nothing else (restoring a save point)."""
+        iface = self.interfaces.pop(key, None)
+        if iface is not None:
+            names = self._by_netns.get(iface.netns, {})
+            names.pop(iface.name, None)
+            if not names:
+                self._by_netns.pop(iface.netns, None)
+            ids = self._by_if_id.get((iface.netns, iface.if_id), set())
+            ids.discard(iface.name)
+            if not ids:
+                self._by_if_id.pop((iface.netns, iface.if_id), None)
+        return iface
 
     def drop(self, key: Key) -> DesiredInterface | None:
         """Forget an interface; its addresses become retired (removed unless the link goes too)."""
-        iface = self.interfaces.pop(key, None)
+        iface = self.remove(key)
         if iface is not None:
             self.retire(iface, iface.addresses())
         return iface
@@ -284,32 +319,29 @@ class DesiredState:
     def forget_retired(self, key: Key) -> None:
         self.retired.pop(key, None)
 
-    # --- consistency checks --------------------------------------------------
-
-    def check_routes(self, netns: str | None, mask: int, peer: PeerPolicy) -> None:
-        """Raise Conflict when two wanted routes would collide in the kernel (same table, prefix, metric)."""
-        seen: dict[tuple, RouteSpec] = {}
-        for iface in self.in_netns(netns):
-            routes, _ = iface.kernel_routes(mask, peer)
-            for spec in sorted(routes, key=_route_order):
-                slot = (spec.table, spec.dst, effective_metric(spec))
-                other = seen.get(slot)
-                if other is not None and other != spec:
-                    raise Conflict(
-                        f"Route {spec.dst} in table {spec.table} with metric {effective_metric(spec)} "
-                        f"is already held through {other.dev}" + (f" with source {other.src}" if other.src else "") + "."
-                    )
-                seen[slot] = spec
-
     # --- persistence ---------------------------------------------------------
+
+    def persisted(self, key: Key) -> dict | None:
+        """What the state file keeps of one interface; None when nothing (gone, or only configured)."""
+        iface = self.interfaces.get(key)
+        if iface is None:
+            return None
+        if iface.static and not iface.explicit and not iface.owners and not iface.created_addresses:
+            return None  # the configuration file brings it back
+        return iface.to_json()
+
+    def persisted_keys(self) -> list[Key]:
+        return list(self.interfaces) + [k for k in self.retired if k not in self.interfaces]
+
+    def retired_json(self, key: Key) -> list[str]:
+        return sorted(self.retired.get(key, ()))
+
+    def namespaces_json(self) -> list[str]:
+        return sorted(n for n in self.namespaces if n is not None)
 
     def to_json(self) -> dict:
         """The runtime promises; static interfaces are saved only for what runtime callers added."""
-        interfaces = []
-        for iface in self.interfaces.values():
-            if iface.static and not iface.explicit and not iface.owners and not iface.created_addresses:
-                continue  # the configuration file brings it back
-            interfaces.append(iface.to_json())
+        interfaces = [d for d in map(self.persisted, self.interfaces) if d is not None]
         interfaces.sort(key=lambda d: (d["netns"] or "", d["name"]))
         return {
             "version": 1,
@@ -319,7 +351,7 @@ class DesiredState:
                 for k, v in sorted(self.retired.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
                 if v
             ],
-            "namespaces": sorted(n for n in self.namespaces if n is not None),
+            "namespaces": self.namespaces_json(),
         }
 
     @classmethod
@@ -331,7 +363,3 @@ class DesiredState:
             state.retired[(item.get("netns"), item["name"])] = set(item.get("addresses", ()))
         state.namespaces.update(data.get("namespaces", ()))
         return state
-
-
-def _route_order(spec: RouteSpec) -> tuple:
-    return (spec.dst, spec.table, spec.src or "", spec.metric or 0)

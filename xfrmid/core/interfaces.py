@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import Conflict, InvalidArgument, KernelUnsupported
+from ..errors import Conflict, InvalidArgument, KernelUnsupported, NotFound
 from ..naming import check_ifname, check_unique, derived_if_id, resolve
 from ..settings import Settings, StaticInterface
 from ..validate import check_netns, parse_interface_cidr
@@ -74,8 +74,10 @@ async def new_interface(
     ``external`` None (Attach) accepts the existing link's mode.
     """
     policy = manager.settings.name_policy
-    links = {state.name: state for state in await manager.kernel.xfrm_links(netns)}
-    have = links.get(name)
+    try:
+        have = await manager.kernel.link(netns, name)  # one get, not a dump of the namespace
+    except (NotFound, InvalidArgument):
+        have = None  # absent, or not an xfrm device (the create then says the name is taken)
     at = where(netns)
     if have is not None and not have.owned:
         if external is not None and external != have.external:
@@ -103,8 +105,10 @@ async def new_interface(
         raise KernelUnsupported(f"Kernel {features.kernel} has no external (collect_md) XFRM interfaces, "
                                 f"needed for {name!r}; they need Linux 6.1 or later.")
     if not external:
-        taken = {n: s.if_id for n, s in links.items() if n != name and not s.external}
-        taken.update({i.name: i.if_id for i in manager.desired.in_netns(netns) if i.name != name and not i.external})
+        # Desired interfaces holding the if_id; a foreign link holding it makes the
+        # kernel refuse the create, which names the holder (Conflict).
+        taken = {i.name: i.if_id for i in manager.desired.with_if_id(netns, ident.if_id)
+                 if i.name != name and not i.external}
         check_unique(ident, taken)
     return DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=link, mtu=mtu,
                             external=bool(external), owned=True)

@@ -222,7 +222,8 @@ class Manager:
             if iface.owners and not force:
                 raise Busy(f"Interface {name!r}{where(netns)} is still attached by "
                            f"{', '.join(sorted(iface.owners))}; detach them or use force.")
-            await self._sync.change(key, lambda: (self.desired.drop(key), self._linger.cancel(key)))
+            await self._sync.change(key, lambda: (self.desired.drop(key), self._linger.cancel(key)),
+                                    why="requested by DeleteInterface")
 
     # --- attachments -----------------------------------------------------------
 
@@ -281,7 +282,7 @@ class Manager:
                 self.desired.drop(key)
                 outcome["deleted"] = iface.owned
 
-        await self._sync.change(key, change)
+        await self._sync.change(key, change, why=f"its last owner {owner} detached")
         return outcome["deleted"]
 
     async def caller_vanished(self, caller: str) -> None:
@@ -347,7 +348,7 @@ class Manager:
             def change() -> None:
                 if self.desired.add_route(key, owner, request):
                     try:
-                        self.desired.check_routes(netns, self.settings.name_policy.mark_mask, self._sync.peer)
+                        self._sync.check_routes(key)
                     except Conflict:
                         self.desired.remove_route(key, owner, request)
                         raise
@@ -390,8 +391,9 @@ class Manager:
                 with self.hold(key):
                     yield
 
-    async def persist(self) -> None:
-        await self.store.save(self.desired.to_json)
+    async def persist(self, keys: "set[Key] | None" = None) -> None:
+        """Make the desired state durable: the interfaces ``keys`` changed (None: everything)."""
+        await self.store.commit(self.desired, keys)
 
     async def _addresses_on_link(self, key: Key) -> set[str]:
         try:
@@ -430,7 +432,8 @@ class Manager:
                 return
             log.info("interface %s unused for %s s: deleting it", key[1], self.settings.linger)
             try:
-                await self._sync.change(key, lambda: self.desired.drop(key))
+                await self._sync.change(key, lambda: self.desired.drop(key),
+                                        why=f"unused for {self.settings.linger} s")
             except XfrmidError as exc:
                 log.warning("deleting unused interface %s failed: %s", key[1], exc)
 

@@ -14,6 +14,9 @@ before routes before rules). Rules of the house:
 
 With a ``Scope`` the plan only looks at the named interfaces and rules with
 their marks: that is how a single D-Bus call syncs one interface cheaply.
+A scoped plan costs O(the scoped interfaces): the caller passes only them
+(plus the interfaces sharing their marks) in ``desired``; the kernel view may
+hold the whole namespace, but only the scoped names are looked up in it.
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ class PlanInput:
     default_mtu: int | None = None
     retired: dict[str, set[str]] = field(default_factory=dict)  # per interface name
     scope: Scope | None = None
+    # Interfaces this change lets go of on purpose, with the reason (for the log):
+    # their links are deleted as released, not as a crash's leftovers.
+    released: dict[str, str] = field(default_factory=dict)
 
 
 def rule_key(rule: RuleSpec) -> tuple:
@@ -124,23 +130,34 @@ def plan_netns(inp: PlanInput) -> list[Action]:
     status: dict[str, str] = {}  # name -> "new" | "kept" | "conflict" | "gone"
 
     # Leftover links of our own go first, so their names and if_ids are free again.
-    for name, have in view.links.items():
+    if scope is None:
+        candidates = list(view.links.items())
+    else:
+        candidates = [(n, view.links[n]) for n in sorted(scope.names) if n in view.links]
+    for name, have in candidates:
         if name in wanted_names or not have.owned:
             continue
-        if scope is None or name in scope.names:
-            add("delete_link", name, "removed", f"removed leftover interface {name}")
-            status[name] = "gone"
-    live_ids = {
-        have.if_id: name
-        for name, have in view.links.items()
-        if status.get(name) != "gone" and not have.external
-    }
+        why = inp.released.get(name)
+        add("delete_link", name, "removed",
+            f"deleted interface {name}: {why}" if why else f"removed leftover interface {name}")
+        status[name] = "gone"
+    holders: dict[int, str] | None = None  # if_id -> live link name, built only if a link is to be created
+
+    def holder_of(if_id: int) -> str | None:
+        nonlocal holders
+        if holders is None:
+            holders = {
+                have.if_id: name
+                for name, have in view.links.items()
+                if status.get(name) != "gone" and not have.external
+            }
+        return holders.get(if_id)
 
     for d in desired:
         spec = d.link_spec(inp.default_mtu)
         have = view.links.get(d.name)
         if have is None:
-            holder = live_ids.get(spec.if_id)
+            holder = holder_of(spec.if_id)
             if not spec.external and holder is not None and holder != d.name:
                 add("conflict", d.name, None, f"if_id {spec.if_id} of {d.name} is used by interface {holder}")
                 status[d.name] = "conflict"
@@ -208,12 +225,12 @@ def plan_netns(inp: PlanInput) -> list[Action]:
             want_rules[rule_key(q)] = (q, d.name)
         if scope is not None and d.name in scope.names:
             marks.add(d.mark(inp.mask)[0])
-    have_routes = {route_key(r): r for r in view.routes}
+    # Routes are keyed by device: a scoped plan needs the scoped devices' only.
+    have_routes = {route_key(r): r for r in view.routes if scope is None or r.dev in scope.names}
     for key, r in sorted(have_routes.items(), key=lambda kv: repr(kv[0])):
         if key in want_routes or status.get(r.dev) in ("gone", "new"):
             continue  # wanted, or it goes away with its link anyway
-        if scope is None or r.dev in scope.names:
-            add("remove_route", r.dev, "removed", f"removed route {r.dst} via {r.dev} (table {r.table})", route=r)
+        add("remove_route", r.dev, "removed", f"removed route {r.dst} via {r.dev} (table {r.table})", route=r)
     for key, r in sorted(want_routes.items(), key=lambda kv: repr(kv[0])):
         if scope is not None and r.dev not in scope.names:
             continue
@@ -221,12 +238,11 @@ def plan_netns(inp: PlanInput) -> list[Action]:
         if st == "new" or (st == "kept" and key not in have_routes):
             add("add_route", r.dev, "repaired" if st == "kept" else None,
                 f"added route {r.dst} via {r.dev} (table {r.table})", route=r)
-    have_rules = {rule_key(q): q for q in view.rules}
+    have_rules = {rule_key(q): q for q in view.rules if scope is None or q.fwmark in marks}
     for key, q in sorted(have_rules.items(), key=lambda kv: repr(kv[0])):
         if key in want_rules:
             continue
-        if scope is None or q.fwmark in marks:
-            add("remove_rule", None, "removed", f"removed rule {_rule_text(q)}", rule=q)
+        add("remove_rule", None, "removed", f"removed rule {_rule_text(q)}", rule=q)
     for key, (q, name) in sorted(want_rules.items(), key=lambda kv: repr(kv[0])):
         if key in have_rules or (scope is not None and name not in scope.names):
             continue

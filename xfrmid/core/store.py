@@ -1,13 +1,30 @@
-"""The persisted desired state: one JSON file under the runtime directory.
+"""The persisted desired state: one file under the runtime directory, a snapshot plus a journal.
 
 ``/run/xfrmid/state.json`` holds the runtime promises (on-demand and
 explicitly created interfaces, attachments, addresses, routes), so a daemon
-restart keeps them and a reboot forgets them, as /run is. Every write is
-atomic and durable before the call that changed the state returns: write a
-temporary file in the same directory, fsync it, rename it over the old one,
-fsync the directory. A crash leaves either the old or the new file, never a
-mix. Concurrent saves are grouped: a save that finds its changes already
-written by a later snapshot returns at once.
+restart keeps them and a reboot forgets them, as /run is.
+
+The file is one compact JSON snapshot (the format ``DesiredState.to_json``
+returns) followed by journal lines, one compact JSON record each:
+
+    {"key": [netns, name], "iface": {...} | null, "retired": [...]}
+    {"namespaces": [...]}
+
+A record carries the whole new persisted state of one interface (null: it is
+gone), so a call writes O(its change), not O(everything). Appending is
+durable before the call returns (fsync); a crash mid-append leaves a torn
+last line, which the loader ignores (that call was never acknowledged).
+Once the journal outgrows the snapshot, the next write is a compaction:
+a fresh snapshot in a temporary file, fsync, rename over the old file, fsync
+the directory; a crash leaves either the old file (snapshot + journal) or
+the new one, which load to the same state. Appends go only to a file this
+store wrote itself and whose size it knows; anything else (first write after
+start, a file removed or changed behind its back, a failed write) makes the
+next write a compaction from the full state.
+
+Concurrent writes are grouped: a call that finds its change already written
+by a later write returns at once. A write that changes nothing (an idempotent
+call) writes nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +34,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import Failed
 
@@ -26,73 +44,274 @@ log = logging.getLogger("xfrmid.core")
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
+COMPACT_MIN = 1 << 20  # journal bytes below which it is never compacted
+
+Key = tuple  # (netns or None, interface name)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+
+
+class Persistable(Protocol):
+    """What the store needs of the desired state (``DesiredState`` has it)."""
+
+    def persisted_keys(self) -> Iterable[Key]: ...
+    def persisted(self, key: Key) -> dict | None: ...
+    def retired_json(self, key: Key) -> list[str]: ...
+    def namespaces_json(self) -> list[str]: ...
+
+
+def _sort(key: Key) -> tuple:
+    return (key[0] or "", key[1])
+
+
+class _Image:
+    """What the file on disk says, per interface, as the JSON text written (to compare and compact)."""
+
+    def __init__(self) -> None:
+        self.ifaces: dict[Key, str] = {}
+        self.retired: dict[Key, list[str]] = {}
+        self.namespaces: list[str] = []
+
+    def entry(self, state: Persistable, key: Key) -> tuple[str | None, list[str]]:
+        data = state.persisted(key)
+        return (None if data is None else _dumps(data), state.retired_json(key))
+
+    def set(self, key: Key, text: str | None, retired: list[str]) -> None:
+        if text is None:
+            self.ifaces.pop(key, None)
+        else:
+            self.ifaces[key] = text
+        if retired:
+            self.retired[key] = retired
+        else:
+            self.retired.pop(key, None)
+
+    @classmethod
+    def of(cls, state: Persistable) -> "_Image":
+        image = cls()
+        keys = set(state.persisted_keys())
+        for key in keys:
+            image.set(key, *image.entry(state, key))
+        image.namespaces = state.namespaces_json()
+        return image
+
+    def snapshot(self) -> bytes:
+        """The whole file: built from the stored texts, nothing serialised again but the small lists."""
+        retired = [
+            {"netns": k[0], "name": k[1], "addresses": v}
+            for k, v in sorted(self.retired.items(), key=lambda kv: _sort(kv[0]))
+        ]
+        parts = [
+            '{"version":1,"interfaces":[',
+            ",".join(self.ifaces[k] for k in sorted(self.ifaces, key=_sort)),
+            '],"retired":', _dumps(retired), ',"namespaces":', _dumps(self.namespaces), "}\n",
+        ]
+        return "".join(parts).encode()
 
 
 class StateStore:
-    """Atomic JSON state file. ``path`` is the file (its directory is created 0700)."""
+    """The state file (snapshot + journal). ``path`` is the file (its directory is created 0700)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, compact_min: int = COMPACT_MIN) -> None:
         self.path = Path(path)
+        self.compact_min = compact_min
         self._lock = asyncio.Lock()
-        self._requested = 0  # bumped by every save() call
+        self._requested = 0  # bumped by every save()/commit() call
         self._written = 0  # the highest request number on disk
-        self.writes = 0  # how many files were actually written (for tests and stats)
+        self._keys: set[Key] = set()  # interfaces changed since the last write
+        self._full = False  # a full write was asked for
+        self._image: _Image | None = None  # the file's content when this store wrote it; None: unknown
+        self._size: int | None = None  # the file's size after this store's last write
+        self._snapshot_size = 0
+        # statistics (tests, bench): files written, records appended, bytes written
+        self.writes = 0
+        self.appends = 0
+        self.bytes_written = 0
 
     @classmethod
-    def in_dir(cls, state_dir: str | os.PathLike) -> "StateStore":
-        return cls(Path(state_dir) / STATE_FILE)
+    def in_dir(cls, state_dir: str | os.PathLike, **kw) -> "StateStore":
+        return cls(Path(state_dir) / STATE_FILE, **kw)
+
+    # --- loading ----------------------------------------------------------------
 
     def load(self) -> dict | None:
-        """The saved state, or None when there is none.
+        """The saved state (snapshot with the journal applied), or None when there is none.
 
-        A file that cannot be parsed is moved aside (``state.json.corrupt-<time>``) and
-        None returned: a daemon that refuses to start helps nobody, and the kernel's
-        marked objects are then cleaned up by reconcile.
+        A file whose snapshot cannot be parsed is moved aside (``state.json.corrupt-<time>``)
+        and None returned: a daemon that refuses to start helps nobody, and the kernel's
+        marked objects are then cleaned up by reconcile. A torn last journal line (a crash
+        during an unacknowledged write) is ignored; a bad line before the end keeps the
+        records before it, and a copy of the file is kept aside.
         """
+        self._image, self._size = None, None  # the next write compacts
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError):
+                return self._corrupt("is not UTF-8")
             raise Failed(f"Cannot read state file {str(self.path)!r}: {exc.strerror}.") from None
+        self._remove_temporaries()
+        start = len(text) - len(text.lstrip())
         try:
-            data = json.loads(text)
+            data, end = json.JSONDecoder().raw_decode(text, start)
             if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
                 raise ValueError("unknown format")
         except ValueError:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("state file %s is not valid; moved it to %s and starting empty", self.path, aside)
+            return self._corrupt("is not valid")
+        records = []
+        lines = text[end:].split("\n")
+        for number, line in enumerate(lines):
+            if not line.strip():
+                continue
             try:
-                os.replace(self.path, aside)
-            except OSError:
-                pass
-            return None
-        return data
+                record = json.loads(line)
+                if not _is_record(record):
+                    raise ValueError("not a record")
+            except ValueError:
+                if number == len(lines) - 1:
+                    log.warning("state file %s ends with an incomplete record (a write cut short); ignored", self.path)
+                else:
+                    aside = self._keep_copy(text)
+                    log.error("state file %s has a bad journal record; keeping the %d records before it "
+                              "(copy in %s)", self.path, len(records), aside)
+                break
+            records.append(record)
+        return _replay(data, records) if records else data
+
+    def _corrupt(self, what: str) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        log.error("state file %s %s; moved it to %s and starting empty", self.path, what, aside)
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            pass
+        return None
+
+    def _keep_copy(self, text: str) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            aside.write_text(text, encoding="utf-8")
+        except OSError:
+            pass
+        return aside
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files of compactions cut short by a crash."""
+        try:
+            for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    # --- writing ------------------------------------------------------------------
 
     async def save(self, snapshot: Callable[[], dict]) -> None:
-        """Persist the state ``snapshot()`` returns; durable when this returns."""
+        """Persist the whole state ``snapshot()`` returns; durable when this returns."""
+        self._full = True
+        await self._flush(snapshot)
+
+    async def commit(self, state: Persistable, keys: Iterable[Key] | None = None) -> None:
+        """Persist the changes of ``keys`` (None: everything) in ``state``; durable when this returns."""
+        if keys is None:
+            self._full = True
+        else:
+            self._keys.update(keys)
+        await self._flush(state)
+
+    async def _flush(self, source: Persistable | Callable[[], dict]) -> None:
         self._requested += 1
         mine = self._requested
         async with self._lock:
             if self._written >= mine:
-                return  # a later snapshot, taken after our change, is already on disk
+                return  # a later write, prepared after our change, is already on disk
             upto = self._requested
-            data = snapshot()
-            await asyncio.to_thread(self.write, data)
+            job = self._prepare(source)
+            if job is not None:
+                try:
+                    await asyncio.to_thread(job)
+                except BaseException:
+                    self._image, self._size = None, None  # the disk is unknown now: next write is full
+                    raise
             self._written = upto
 
+    def _prepare(self, source: Persistable | Callable[[], dict]) -> Callable[[], None] | None:
+        """Take the pending changes and turn them into the write to do (in a thread); None: nothing."""
+        keys, self._keys = self._keys, set()
+        full, self._full = self._full, False
+        if callable(source):  # a plain snapshot (tests, tools): the image is unknown afterwards
+            self._image = None
+            payload = _dumps(source()).encode() + b"\n"
+            return lambda: self._compact(payload)
+        if full or self._image is None or self._size is None:
+            self._image = _Image.of(source)
+            payload = self._image.snapshot()
+            return lambda: self._compact(payload)
+        image = self._image
+        records = []
+        for key in sorted(keys, key=_sort):
+            text, retired = image.entry(source, key)
+            if (text, retired) == (image.ifaces.get(key), image.retired.get(key, [])):
+                continue  # unchanged (an idempotent call)
+            image.set(key, text, retired)
+            records.append(f'{{"key":{_dumps(list(key))},"iface":{text or "null"},"retired":{_dumps(retired)}}}')
+        namespaces = source.namespaces_json()
+        if namespaces != image.namespaces:
+            image.namespaces = namespaces
+            records.append(_dumps({"namespaces": namespaces}))
+        if not records:
+            return None
+        journal = ("\n".join(records) + "\n").encode()
+        if self._size - self._snapshot_size + len(journal) > max(self.compact_min, self._snapshot_size):
+            return lambda: self._compact(image.snapshot())
+        expected = self._size
+        return lambda: self._append(journal, expected, image)
+
+    def _append(self, journal: bytes, expected: int, image: _Image) -> None:
+        """Append records to the file this store last wrote, fsync; compact when it is not that file."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            log.warning("state file %s disappeared; writing it again", self.path)
+            return self._compact(image.snapshot())
+        except OSError as exc:
+            raise Failed(f"Cannot write state file {str(self.path)!r}: {exc.strerror}.") from None
+        try:
+            if os.fstat(fd).st_size != expected:
+                log.warning("state file %s was changed by someone else; writing it again", self.path)
+                os.close(fd)
+                fd = -1
+                return self._compact(image.snapshot())
+            _write_all(fd, journal)
+            os.fsync(fd)
+        except OSError as exc:
+            raise Failed(f"Cannot write state file {str(self.path)!r}: {exc.strerror}.") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self._size = expected + len(journal)
+        self.appends += 1
+        self.bytes_written += len(journal)
+
+    def _compact(self, payload: bytes) -> None:
+        self._write_snapshot(payload)
+        self._size = self._snapshot_size = len(payload)
+
     def write(self, data: dict) -> None:
-        """Synchronous atomic write (temp file, fsync, rename, fsync directory)."""
+        """Synchronous atomic write of a whole state (a snapshot with no journal)."""
+        self._image = None
+        self._write_snapshot(_dumps(data).encode() + b"\n")
+
+    def _write_snapshot(self, payload: bytes) -> None:
+        """Atomic replacement: temp file, fsync, rename, fsync directory."""
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
-            payload = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, payload)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -105,3 +324,47 @@ class StateStore:
         except OSError as exc:
             raise Failed(f"Cannot write state file {str(self.path)!r}: {exc.strerror}.") from None
         self.writes += 1
+        self.bytes_written += len(payload)
+
+
+def _write_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _is_record(record: object) -> bool:
+    if not isinstance(record, dict):
+        return False
+    if "namespaces" in record:
+        return isinstance(record["namespaces"], list)
+    key = record.get("key")
+    return (
+        isinstance(key, list) and len(key) == 2 and isinstance(key[1], str)
+        and (key[0] is None or isinstance(key[0], str))
+        and (record.get("iface") is None or isinstance(record["iface"], dict))
+        and isinstance(record.get("retired", []), list)
+    )
+
+
+def _replay(data: dict, records: list[dict]) -> dict:
+    """The snapshot ``data`` with the journal ``records`` applied, in the snapshot's own format."""
+    ifaces = {(d.get("netns"), d["name"]): d for d in data.get("interfaces", ())}
+    retired = {(d.get("netns"), d["name"]): d for d in data.get("retired", ())}
+    namespaces = data.get("namespaces", [])
+    for record in records:
+        if "namespaces" in record:
+            namespaces = record["namespaces"]
+            continue
+        netns, name = record["key"]
+        key = (netns, name)
+        if record.get("iface") is None:
+            ifaces.pop(key, None)
+        else:
+            ifaces[key] = record["iface"]
+        if record.get("retired"):
+            retired[key] = {"netns": netns, "name": name, "addresses": record["retired"]}
+        else:
+            retired.pop(key, None)
+    return {**data, "interfaces": list(ifaces.values()), "retired": list(retired.values()),
+            "namespaces": namespaces}

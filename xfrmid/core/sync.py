@@ -4,6 +4,11 @@ Both paths dump the kernel, ask plan.plan_netns for the actions and run them
 with apply.apply. A call's sync is strict: the first kernel error aborts and
 goes back to the caller, after the manager restored the previous desired
 state. A reconcile repairs what it can and logs the rest.
+
+A call costs O(its change): it persists only its interface (the store's
+journal), plans only its interface plus the few that share its mark (peer
+rules are keyed by mark, not by device), and checks route slots against an
+index kept per interface (``RouteSlots``), not by expanding every route.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .apply import ApplyResult, apply, snapshot
 from .desired import DesiredInterface, Key
 from .info import peer_policy
 from .plan import Action, KernelView, PlanInput, Scope, plan_netns, rule_key, summarise
+from .route_slots import RouteSlots
 from .routes_policy import PeerPolicy, route_key
 
 if TYPE_CHECKING:
@@ -64,23 +70,51 @@ class Syncer:
     def __init__(self, manager: "Manager") -> None:
         self.m = manager
         self.links: dict[Key, LinkState] = {}  # last kernel state seen per desired interface
+        self._slots: RouteSlots | None = None  # built on first use, rebuilt by every full reconcile
 
     @property
     def peer(self) -> PeerPolicy:
         return peer_policy(self.m.settings)
 
-    def _input(self, netns: str | None, view: KernelView, scope: Scope | None) -> PlanInput:
+    @property
+    def slots(self) -> RouteSlots:
+        if self._slots is None:
+            self._slots = RouteSlots.of(self.m.desired, self.m.settings.name_policy.mark_mask, self.peer)
+        return self._slots
+
+    def check_routes(self, key: Key) -> None:
+        """Conflict when a route ``key`` now wants collides with another interface's (or its own)."""
+        self.slots.check(self.m.desired, key)
+
+    def _input(self, netns: str | None, view: KernelView, scope: Scope | None,
+               released: dict[str, str] | None = None) -> PlanInput:
         desired = self.m.desired
-        retired = {k[1]: set(v) for k, v in desired.retired.items() if k[0] == netns}
+        if scope is None:
+            ifaces = desired.in_netns(netns)
+            retired = {k[1]: set(v) for k, v in desired.retired.items() if k[0] == netns}
+        else:
+            # The scoped interfaces, plus those sharing one of the marks: their peer
+            # rules look like the scoped ones' to the kernel (rules have no device).
+            chosen: dict[str, DesiredInterface] = {}
+            for name in sorted(scope.names):
+                iface = desired.get((netns, name))
+                if iface is not None:
+                    chosen[name] = iface
+            for mark in sorted(scope.marks):
+                for iface in desired.with_if_id(netns, mark):
+                    chosen.setdefault(iface.name, iface)
+            ifaces = list(chosen.values())
+            retired = {n: set(desired.retired[(netns, n)]) for n in scope.names if (netns, n) in desired.retired}
         return PlanInput(
             netns=netns,
-            desired=desired.in_netns(netns),
+            desired=ifaces,
             view=view,
             mask=self.m.settings.name_policy.mark_mask,
             peer=self.peer,
             default_mtu=self.m.settings.default_mtu,
             retired=retired,
             scope=scope,
+            released=released or {},
         )
 
     # --- one call --------------------------------------------------------------
@@ -98,12 +132,13 @@ class Syncer:
             | {("rule", rule_key(q)) for q in rules}
         )
 
-    async def change(self, key: Key, mutate: Callable[[], object]) -> None:
+    async def change(self, key: Key, mutate: Callable[[], object], *, why: str | None = None) -> None:
         """Apply ``mutate`` to the desired state, persist, sync the kernel; undo all on failure.
 
         Only what the change adds must succeed in the kernel (its ``delta``): a Detach
         always goes through, and an AddAddress is not failed because another owner's
-        route cannot be repaired just now (reconcile keeps trying those).
+        route cannot be repaired just now (reconcile keeps trying those). ``why``: the
+        reason the interface goes, when the change removes it (for the log).
         """
         desired = self.m.desired
         current = desired.get(key)
@@ -117,17 +152,20 @@ class Syncer:
         parts = ALL_PARTS
         try:
             mutate()
+            self.slots.update(desired, key)
             after = self.objects(key)
             # Only dump what this interface has or had: a plain Attach reads links only.
             parts = frozenset(tag[0] for tag in before | after) | (
                 {"address"} if desired.retired.get(key) else set()
             )
-            await self.m.persist()
-            await self.sync(key, saved.marks, delta=after - before, parts=parts)
+            await self.m.persist({key})
+            released = {key[1]: why} if why and key not in desired.interfaces else None
+            await self.sync(key, saved.marks, delta=after - before, parts=parts, released=released)
         except XfrmidError:
             self._restore(saved)
+            self.slots.update(desired, key)
             try:
-                await self.m.persist()
+                await self.m.persist({key})
                 await self.sync(key, saved.marks, delta=frozenset(), parts=parts)
             except XfrmidError as exc:
                 log.warning("could not undo a failed change of %s: %s", key[1], exc)
@@ -137,7 +175,7 @@ class Syncer:
 
     def _restore(self, saved: SavePoint) -> None:
         desired = self.m.desired
-        desired.interfaces.pop(saved.key, None)
+        desired.remove(saved.key)
         if saved.iface is not None:
             desired.put(saved.iface)
         if saved.retired is None:
@@ -152,6 +190,7 @@ class Syncer:
         *,
         delta: frozenset[tuple] | None = None,
         parts: frozenset[str] = ALL_PARTS,
+        released: dict[str, str] | None = None,
     ) -> list[Action]:
         """Make the kernel match the desired state for one interface; the actions done.
 
@@ -171,28 +210,30 @@ class Syncer:
         done: list[Action] = []
         for _ in range(MAX_PASSES):
             try:
-                view = await snapshot(self.m.kernel, netns, {name}, parts)
+                # only this interface's link and objects: the cost does not grow with the namespace
+                view = await snapshot(self.m.kernel, netns, {name}, parts, whole=False)
             except XfrmidError as exc:
                 if must:
                     raise
                 log.warning("could not sync %s: %s", name, exc)
                 return done
-            actions = plan_netns(self._input(netns, view, scope))
-            dirty = self._decide(netns, actions, strict=must)
+            actions = plan_netns(self._input(netns, view, scope, released))
+            dirty = bool(self._decide(netns, actions, strict=must))
             result = await apply(self.m.kernel, actions, strict=strict)
             self._remember(netns, {name}, view, result)
             done += result.done + [a for a in actions if a.op == "adopt"]
             if not result.failed and self.m.desired.retired.pop(key, None):
                 dirty = True
             if dirty:
-                await self.m.persist()
+                await self.m.persist({key})
             if not result.removed_addresses:
                 break
         return done
 
     async def reconcile_one(self, key: Key) -> dict[str, int]:
+        seen = {key[1]} if key in self.links else set()
         done = await self.sync(key)
-        self._report_repairs(key[0], done)
+        self._report_repairs(key[0], done, seen)
         self.m.publish(key)
         return summarise(done)
 
@@ -202,7 +243,9 @@ class Syncer:
         """Full reconcile of every namespace xfrmid knows; counts created/repaired/adopted/removed."""
         desired = self.m.desired
         totals: Counter[str] = Counter({"created": 0, "repaired": 0, "adopted": 0, "removed": 0})
-        dirty = False
+        dirty: set[Key] = set()
+        # Settings (mask, peer table) may have changed: index the route slots afresh.
+        self._slots = RouteSlots.of(desired, self.m.settings.name_policy.mark_mask, self.peer)
         namespaces = set(desired.namespaces) | {i.netns for i in desired.interfaces.values()}
         for netns in sorted(namespaces, key=lambda n: n or ""):
             names = {i.name for i in desired.in_netns(netns)} | {k[1] for k in desired.retired if k[0] == netns}
@@ -210,15 +253,15 @@ class Syncer:
                 view = await snapshot(self.m.kernel, netns, names)
             except NotFound as exc:
                 log.warning("reconcile skipped a namespace: %s", exc)
-                if netns is not None and not desired.in_netns(netns):
+                if netns is not None and not desired.has_netns(netns):
                     desired.namespaces.discard(netns)
-                    dirty = True
                 continue
             except XfrmidError as exc:
                 log.warning("reconcile could not read the kernel: %s", exc)
                 continue
             actions = plan_netns(self._input(netns, view, None))
             dirty |= self._decide(netns, actions, strict=False)
+            seen = {k[1] for k in self.links if k[0] == netns}
             result = await apply(self.m.kernel, actions, strict=False)
             self._remember(netns, set(view.links) | names, view, result)
             done = result.done + [a for a in actions if a.op == "adopt"]
@@ -233,13 +276,12 @@ class Syncer:
                 failed |= {a.ifname for a, _ in result.failed}
             for key in [k for k in desired.retired if k[0] == netns and k[1] not in failed]:
                 desired.retired.pop(key)
-                dirty = True
-            if netns is not None and not desired.in_netns(netns) and not failed:
+                dirty.add(key)
+            if netns is not None and not desired.has_netns(netns) and not failed:
                 desired.namespaces.discard(netns)
-                dirty = True
-            self._report_repairs(netns, done)
-        if dirty:
-            await self.m.persist()
+            self._report_repairs(netns, done, seen)
+        # The store compares the namespaces itself; only changed interfaces are written.
+        await self.m.persist(dirty)
         for key in set(desired.interfaces) | set(self.m._published):
             self.m.publish(key)
         if any(totals.values()):
@@ -248,9 +290,9 @@ class Syncer:
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _decide(self, netns: str | None, actions: list[Action], strict: bool) -> bool:
-        """Apply adopt decisions to the desired state; raise or log conflicts. True if changed."""
-        dirty = False
+    def _decide(self, netns: str | None, actions: list[Action], strict: bool) -> set[Key]:
+        """Apply adopt decisions to the desired state; raise or log conflicts. The keys changed."""
+        dirty: set[Key] = set()
         for action in actions:
             if action.op == "conflict":
                 if strict:
@@ -260,7 +302,7 @@ class Syncer:
                 iface = self.m.desired.get((netns, action.ifname))
                 if iface is not None and iface.owned != action.owned:
                     iface.owned = bool(action.owned)
-                    dirty = True
+                    dirty.add((netns, action.ifname))
                     log.info("%s%s", action.detail, f" in namespace {netns}" if netns else "")
         return dirty
 
@@ -274,9 +316,14 @@ class Syncer:
             else:
                 self.links[key] = state
 
-    def _report_repairs(self, netns: str | None, done: list[Action]) -> None:
+    def _report_repairs(self, netns: str | None, done: list[Action], seen: set[str]) -> None:
+        """Repaired signals: for what was repaired, and links recreated after being ``seen``
+        (an interface reconcile creates for the first time, e.g. a new configured one, was
+        not repaired: it is announced as added)."""
         by_name: dict[str, list[str]] = {}
         for action in done:
+            if action.category == "created" and action.ifname not in seen:
+                continue
             if action.category in ("repaired", "created") and action.ifname:
                 by_name.setdefault(action.ifname, []).append(action.detail)
         for name, details in by_name.items():

@@ -1,0 +1,278 @@
+"""The state file's journal (issue 6, keeping issue 4's guarantees).
+
+A call appends one compact record per changed interface and fsyncs it; the
+journal is compacted into a fresh snapshot (temp file, fsync, rename) when it
+outgrows the snapshot. A crash at any point of any write leaves a file that
+loads to the state before or after that write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from xfrmid.core.desired import DesiredInterface, DesiredState, Owner
+from xfrmid.core.manager import Manager
+from xfrmid.core.routes_policy import RouteRequest
+from xfrmid.core.store import StateStore
+from xfrmid.errors import Failed
+from xfrmid.settings import Settings
+
+from fake_kernel import FakeKernel
+
+
+def canonical(data: dict | None) -> dict:
+    """A loaded file as the desired state it stands for (order-free)."""
+    return DesiredState.from_json(data or {}).to_json()
+
+
+def lines(store: StateStore) -> list[str]:
+    return store.path.read_text().splitlines()
+
+
+@pytest.fixture
+def kernel():
+    return FakeKernel()
+
+
+async def test_a_call_appends_one_compact_record(manager, settings):
+    store = manager.store
+    await manager.attach("ipsec1", "a")
+    size = store.path.stat().st_size
+    await manager.add_address("ipsec1", "a", "192.0.2.1/24")
+    record = json.loads(lines(store)[-1])
+    assert record["key"] == [None, "ipsec1"] and record["iface"]["owners"]["a"]["addresses"] == ["192.0.2.1/24"]
+    assert " " not in lines(store)[-1]  # compact: no indent, no spaces
+    assert store.path.stat().st_size - size == len(lines(store)[-1]) + 1
+    assert canonical(StateStore.in_dir(settings.state_dir).load()) == manager.desired.to_json()
+
+
+async def test_idempotent_calls_write_nothing(manager):
+    await manager.attach("ipsec2", "a", caller=":1.5")
+    await manager.add_address("ipsec2", "a", "192.0.2.2/24")
+    before = (manager.store.path.read_bytes(), manager.store.bytes_written, manager.store.appends)
+    await manager.attach("ipsec2", "a", caller=":1.5")  # same owner, same binding
+    await manager.add_address("ipsec2", "a", "192.0.2.2/24")
+    await manager.detach("ipsec2", "nobody")
+    assert (manager.store.path.read_bytes(), manager.store.bytes_written, manager.store.appends) == before
+    await manager.attach("ipsec2", "a")  # the binding changes: written
+    assert manager.store.appends == before[2] + 1
+
+
+async def test_removal_is_a_null_record_and_reload_equals(manager, settings):
+    await manager.attach("ipsec3", "a")
+    await manager.add_address("ipsec3", "a", "192.0.2.3/24")
+    await manager.create_interface("ipsec4")
+    assert await manager.detach("ipsec3", "a")
+    assert json.loads(lines(manager.store)[-1])["iface"] is None
+    loaded = StateStore.in_dir(settings.state_dir).load()
+    assert [i["name"] for i in loaded["interfaces"]] == ["ipsec4"]
+    assert canonical(loaded) == manager.desired.to_json()
+
+
+async def test_restart_reads_the_journal_and_compacts(kernel, settings):
+    m1 = Manager(kernel, settings)
+    await m1.start()
+    await m1.attach("ipsec5", "a")
+    await m1.add_route("ipsec5", "a", "10.5.0.0/16", peer="10.5.0.1")
+    await m1.stop()
+    assert len(lines(m1.store)) == 3  # snapshot + two records
+    m2 = Manager(kernel, settings)
+    assert await m2.start() == {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}
+    assert m2.get("ipsec5").routes == (("10.5.0.0/16", 50, ""),)
+    assert len(lines(m2.store)) == 1  # the start wrote one fresh snapshot
+    await m2.stop()
+
+
+def test_torn_last_line_is_ignored(tmp_path, caplog):
+    store = StateStore.in_dir(tmp_path)
+    state = DesiredState()
+    state.put(DesiredInterface(netns=None, name="ipsec6", if_id=6))
+    store.write(state.to_json())
+    with open(store.path, "a") as f:
+        f.write('{"key":[null,"ipsec7"],"iface":{"netns":null,"name":"ipsec7","if_')  # cut short
+    with caplog.at_level(logging.WARNING, logger="xfrmid.core"):
+        assert canonical(store.load()) == state.to_json()
+    assert "incomplete record" in caplog.text
+
+
+def test_bad_record_before_the_end_keeps_the_prefix(tmp_path, caplog):
+    store = StateStore.in_dir(tmp_path)
+    store.write(DesiredState().to_json())
+    good = {"key": [None, "ipsec8"], "iface": DesiredInterface(netns=None, name="ipsec8", if_id=8).to_json(),
+            "retired": []}
+    later = {"key": [None, "ipsec9"], "iface": DesiredInterface(netns=None, name="ipsec9", if_id=9).to_json(),
+             "retired": []}
+    with open(store.path, "a") as f:
+        f.write(json.dumps(good) + "\n" + "garbage\n" + json.dumps(later) + "\n")
+    with caplog.at_level(logging.ERROR, logger="xfrmid.core"):
+        loaded = store.load()
+    assert [i["name"] for i in loaded["interfaces"]] == ["ipsec8"]
+    assert "bad journal record" in caplog.text
+    assert any(p.name.startswith("state.json.corrupt-") for p in tmp_path.iterdir())
+    assert store.path.exists()  # kept: it is still the state
+
+
+def test_old_indented_file_and_plain_snapshot_load(tmp_path):
+    state = DesiredState()
+    state.put(DesiredInterface(netns="blue", name="ipsec10", if_id=10,
+                               owners={"a": Owner("a", addresses={"192.0.2.10/24"})}))
+    store = StateStore.in_dir(tmp_path)
+    store.path.write_text(json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n")  # session 1-2 format
+    assert canonical(store.load()) == state.to_json()
+    store.write(state.to_json())  # the bench and the restart test write this way
+    assert len(lines(store)) == 1 and canonical(store.load()) == state.to_json()
+
+
+async def test_journal_is_compacted_when_it_outgrows_the_snapshot(tmp_path):
+    store = StateStore.in_dir(tmp_path, compact_min=0)
+    state = DesiredState()
+    await store.commit(state)
+    for i in range(1, 40):
+        state.put(DesiredInterface(netns=None, name=f"ipsec{i}", if_id=i))
+        await store.commit(state, {(None, f"ipsec{i}")})
+        assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()
+        journal = sum(len(line) + 1 for line in lines(store)[1:])
+        assert journal <= len(lines(store)[0]) + 1 + 400  # never much longer than the snapshot
+    assert store.writes > 2 and store.appends > 10
+
+
+async def test_file_removed_or_changed_behind_the_store_is_written_whole(tmp_path):
+    store = StateStore.in_dir(tmp_path)
+    state = DesiredState()
+    state.put(DesiredInterface(netns=None, name="ipsec11", if_id=11))
+    await store.commit(state)
+    store.path.unlink()
+    state.put(DesiredInterface(netns=None, name="ipsec12", if_id=12))
+    await store.commit(state, {(None, "ipsec12")})
+    assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()  # ipsec11 too
+    with open(store.path, "a") as f:
+        f.write("\n")  # someone touched it: never append after bytes we did not write
+    state.put(DesiredInterface(netns=None, name="ipsec13", if_id=13))
+    await store.commit(state, {(None, "ipsec13")})
+    assert len(lines(store)) == 1 and canonical(store.load()) == state.to_json()
+
+
+# --- crashes at each step of a write ---------------------------------------------------
+
+
+class Crash(OSError):
+    def __init__(self) -> None:
+        super().__init__(5, "Input/output error")
+
+
+def two_states():
+    old, new = DesiredState(), DesiredState()
+    for state in (old, new):
+        state.put(DesiredInterface(netns=None, name="ipsec20", if_id=20))
+    new.put(DesiredInterface(netns=None, name="ipsec21", if_id=21,
+                             owners={"a": Owner("a", routes={RouteRequest("10.21.0.0/16")})}))
+    return old, new
+
+
+@pytest.mark.parametrize("compaction, step", [
+    (False, "write"), (False, "fsync"),  # an append: write the records, fsync
+    (True, "write"), (True, "fsync"), (True, "replace"), (True, "fsync-dir"),  # a snapshot
+])
+async def test_crash_at_each_step_loads_old_or_new(tmp_path, monkeypatch, step, compaction):
+    store = StateStore.in_dir(tmp_path)
+    old, new = two_states()
+    await store.commit(old)
+    expected_old = old.to_json()
+    real_write, real_fsync, real_replace = os.write, os.fsync, os.replace
+
+    def write(fd, data):  # half the bytes reach the file, then the process dies
+        if step == "write":
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise Crash()
+        return real_write(fd, data)
+
+    def fsync(fd):
+        is_dir = os.path.isdir(os.readlink(f"/proc/self/fd/{fd}"))
+        if (step == "fsync" and not is_dir) or (step == "fsync-dir" and is_dir):
+            raise Crash()
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        if step == "replace":
+            raise Crash()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Failed, match="Cannot write state file"):
+        await store.commit(new, None if compaction else {(None, "ipsec21")})
+    monkeypatch.undo()
+    loaded = canonical(StateStore.in_dir(tmp_path).load())
+    assert loaded in (expected_old, new.to_json())
+    if step in ("write", "replace") or (step == "fsync" and compaction):
+        assert loaded == expected_old  # nothing of the new state can be visible yet
+    # the store does not trust the file after a failed write: the next write is whole
+    await store.commit(new, set())
+    assert len(lines(store)) == 1 and canonical(StateStore.in_dir(tmp_path).load()) == new.to_json()
+
+
+# --- property: any sequence of changes, cut at any byte of the last write ----------------
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["put", "owner", "route", "drop", "retire"]), st.integers(1, 6), st.integers(0, 3)),
+    min_size=1, max_size=25,
+)
+
+
+def mutate(state: DesiredState, op: str, n: int, m: int):
+    key = (None if n % 2 else "blue", f"ipsec{n}")
+    iface = state.get(key)
+    if op == "put" or iface is None:
+        state.put(DesiredInterface(netns=key[0], name=key[1], if_id=n, mtu=1400 + m))
+    elif op == "owner":
+        iface.owners[f"o{m}"] = Owner(f"o{m}", addresses={f"192.0.2.{m}/24"})
+    elif op == "route":
+        owner = iface.owners.setdefault("r", Owner("r"))
+        owner.routes.add(RouteRequest(f"10.{n}.{m}.0/24", metric=m or None))
+    elif op == "drop":
+        state.drop(key)
+    else:
+        state.retired.setdefault(key, set()).add(f"198.51.100.{m}/24")
+    return key
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, compact_min=st.sampled_from([0, 300, 1 << 20]), cut=st.floats(0, 1))
+async def test_any_sequence_reloads_and_a_cut_write_loads_before_or_after(tmp_path_factory, ops, compact_min, cut):
+    directory = tmp_path_factory.mktemp("journal")
+    store = StateStore.in_dir(directory, compact_min=compact_min)
+    state = DesiredState()
+    await store.commit(state)
+    for op, n, m in ops:
+        before_bytes, before_state = store.path.read_bytes(), state.to_json()
+        key = mutate(state, op, n, m)
+        await store.commit(state, {key})
+        after_bytes = store.path.read_bytes()
+        assert canonical(StateStore.in_dir(directory).load()) == state.to_json()
+        if after_bytes.startswith(before_bytes):  # an append: cut it anywhere
+            torn = after_bytes[: len(before_bytes) + int(cut * (len(after_bytes) - len(before_bytes)))]
+            probe = directory / "probe" / "state.json"
+            probe.parent.mkdir(exist_ok=True)
+            probe.write_bytes(torn)
+            assert canonical(StateStore(probe).load()) in (before_state, state.to_json())
+
+
+async def test_concurrent_commits_share_one_append(tmp_path):
+    store = StateStore.in_dir(tmp_path)
+    state = DesiredState()
+    await store.commit(state)
+
+    async def call(i):
+        state.put(DesiredInterface(netns=None, name=f"ipsec{i}", if_id=i))
+        await store.commit(state, {(None, f"ipsec{i}")})
+
+    await asyncio.gather(*(call(i) for i in range(1, 21)))
+    assert store.appends < 20 and len(lines(store)) == 21  # one record per interface, fewer fsyncs
+    assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()

@@ -1,0 +1,81 @@
+"""The route slot index: which interface holds each (table, prefix, metric) of a namespace.
+
+Two interfaces must not want different routes in one kernel slot (the kernel
+keeps one route per table, prefix and metric). The index is kept per
+interface as it changes, so checking one interface's new routes against all
+the others costs O(its routes), not O(every route of every interface).
+"""
+
+from __future__ import annotations
+
+from ..errors import Conflict, InvalidArgument
+from ..kernel.objects import RouteSpec
+from .desired import DesiredState, Key
+from .routes_policy import PeerPolicy, effective_metric
+
+
+class RouteSlots:
+    """Which interface holds each kernel route slot (table, prefix, metric) of a namespace.
+
+    Kept per interface as it changes, so checking one interface's new routes
+    against every other interface's costs O(its routes), not O(all routes).
+    ``settings`` (mask, peer table) are fixed per index: rebuild after a reload.
+    """
+
+    def __init__(self, mask: int, peer: PeerPolicy) -> None:
+        self.mask, self.peer = mask, peer
+        self._routes: dict[Key, frozenset[RouteSpec]] = {}
+        self._slots: dict[tuple, dict[Key, RouteSpec]] = {}
+
+    @classmethod
+    def of(cls, state: DesiredState, mask: int, peer: PeerPolicy) -> "RouteSlots":
+        index = cls(mask, peer)
+        for key in state.interfaces:
+            index.update(state, key)
+        return index
+
+    def _specs(self, state: DesiredState, key: Key) -> frozenset[RouteSpec]:
+        iface = state.get(key)
+        if iface is None:
+            return frozenset()
+        try:
+            return frozenset(iface.kernel_routes(self.mask, self.peer)[0])
+        except InvalidArgument:  # an if_id outside a narrowed mask: it has no routes now
+            return frozenset()
+
+    def update(self, state: DesiredState, key: Key) -> None:
+        """Take in the current routes of ``key``."""
+        for spec in self._routes.pop(key, ()):
+            holders = self._slots.get(_slot(key[0], spec))
+            if holders is not None:
+                holders.pop(key, None)
+                if not holders:
+                    del self._slots[_slot(key[0], spec)]
+        specs = self._specs(state, key)
+        if specs:
+            self._routes[key] = specs
+            for spec in specs:
+                self._slots.setdefault(_slot(key[0], spec), {})[key] = spec
+
+    def check(self, state: DesiredState, key: Key) -> None:
+        """Raise Conflict when a route ``key`` wants collides with another wanted route in the kernel."""
+        seen: dict[tuple, RouteSpec] = {}
+        for spec in sorted(self._specs(state, key), key=_route_order):
+            slot = _slot(key[0], spec)
+            others = [seen[slot]] if slot in seen else []
+            others += [o for k, o in sorted(self._slots.get(slot, {}).items(), key=lambda kv: kv[0][1]) if k != key]
+            for other in others:
+                if other != spec:
+                    raise Conflict(
+                        f"Route {spec.dst} in table {spec.table} with metric {effective_metric(spec)} "
+                        f"is already held through {other.dev}" + (f" with source {other.src}" if other.src else "") + "."
+                    )
+            seen[slot] = spec
+
+
+def _slot(netns: str | None, spec: RouteSpec) -> tuple:
+    return (netns, spec.table, spec.dst, effective_metric(spec))
+
+
+def _route_order(spec: RouteSpec) -> tuple:
+    return (spec.dst, spec.table, spec.src or "", spec.metric or 0)
