@@ -156,32 +156,46 @@ class Daemon:
         self.notifier.ready(self._status())
 
     def _status(self) -> str:
-        count = len(self.manager.interfaces())
+        # the bus's count: the manager's interfaces() would build every view anew
+        count = self.service.interface_count if self.service is not None else len(self.manager.interfaces())
         return f"Serving {count} interface{'s' if count != 1 else ''}"
 
     async def run(self) -> int:
         from .bus.service import BusService, connect_bus
         from .core.manager import Manager
-        from .kernel import Kernel, probe_features
+        from .kernel import Kernel
 
-        features = await probe_features()
+        # One probe (a modprobe and a throwaway namespace): the Kernel caches it for the manager.
+        self.kernel = Kernel()
+        features = await self.kernel.features()
         if not getattr(features, "xfrm_interface", False):
             print(describe_features(features), file=sys.stderr)
+            await self.kernel.close()
             return EXIT_FAILURE
         log.info("%s", describe_features(features))
-        self.kernel = Kernel()
         self.manager = Manager(self.kernel, self.settings, _state_store(self.settings))
         self.watcher = _watcher(self.manager, getattr(self.args, "monitor_rcvbuf", None))
-        counts = await self.manager.start()
+        # The bus handshake overlaps the start-up reconcile; the name is requested only after it.
+        async def connect() -> Any:  # a bad address fails here too, reported below
+            return await connect_bus(self.args.bus).connect()
+
+        connecting = asyncio.ensure_future(connect())
+        try:
+            counts = await self.manager.start()
+        except BaseException:
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                (await connecting).disconnect()
+            raise
         log.info(
             "start-up reconcile: %s",
             ", ".join(f"{key} {value}" for key, value in counts.items()) or "nothing to do",
         )
         # Before the bus name: drift from now on is repaired, none slips in between.
-        self.watcher.set_interfaces(self.manager.interfaces())
+        self.watcher.set_interfaces(_published(self.manager))
         await self.watcher.start()
         try:
-            bus = await connect_bus(self.args.bus).connect()
+            bus = await connecting
         except Exception as exc:
             print(f"xfrmid: cannot connect to the {self.args.bus} bus: {exc}", file=sys.stderr)
             await self._stop_core()
@@ -221,6 +235,13 @@ class Daemon:
             await self.watcher.stop()
             log.info("drift repair: %s", ", ".join(f"{k} {v}" for k, v in self.watcher.stats().items()))
         await self.manager.stop()
+
+
+def _published(manager: Any) -> Any:
+    """The views the manager last published, when it offers them: building every view
+    anew (``interfaces()``) costs O(interfaces) of planning at start-up."""
+    published = getattr(manager, "published", None)
+    return published() if published is not None else manager.interfaces()
 
 
 def _watcher(manager: Any, rcvbuf: int | None) -> Any:

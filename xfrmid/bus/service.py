@@ -90,12 +90,19 @@ class BusService:
     def bus(self) -> XfrmidMessageBus:
         return self._bus
 
+    @property
+    def interface_count(self) -> int:
+        """Interfaces on the bus now (the Manager's InterfaceCount property)."""
+        return len(self._tree)
+
     async def start(self, request_name: bool = True) -> None:
         """Export everything, then (last) take the well-known name."""
         self._bus.add_message_handler(self._on_message)
         await self._add_match(_NAME_OWNER_CHANGED)
         self._bus.export(MANAGER_PATH, self._root)
-        for info in self._manager.interfaces():
+        # the views the manager already published (no second copy of each) when it offers them
+        published = getattr(self._manager, "published", None)
+        for info in published() if published is not None else self._manager.interfaces():
             self._tree.put(info)
         self._count = len(self._tree)
         self._manager.subscribe(self)
