@@ -420,6 +420,11 @@ async def test_last_detach_logs_why_the_interface_went(manager, kernel, caplog):
     assert "deleted interface ipsec62: its last owner conn-a detached" in caplog.text
     assert "deleted interface ipsec63: requested by DeleteInterface" in caplog.text
     assert "removed leftover interface ipsec64" in caplog.text
+    settings = manager.settings
+    await manager.reload(Settings(state_dir=settings.state_dir, static_interfaces=(StaticInterface(name="ipsec65"),)))
+    with caplog.at_level("INFO", logger="xfrmid.core"):
+        await manager.reload(Settings(state_dir=settings.state_dir))
+    assert "deleted interface ipsec65: no longer configured" in caplog.text
     assert "leftover interface ipsec62" not in caplog.text and "leftover interface ipsec63" not in caplog.text
 
 

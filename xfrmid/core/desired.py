@@ -82,6 +82,7 @@ class DesiredInterface:
     static_addresses: set[str] = field(default_factory=set)  # the configuration's addresses
     preexisting: set[str] = field(default_factory=set)  # were on the link before anyone asked: never removed
     linger_until: float | None = None  # wall-clock deadline of an unused on-demand interface
+    _expanded: tuple | None = field(default=None, repr=False, compare=False)  # kernel_routes' last answer
 
     @property
     def key(self) -> Key:
@@ -120,15 +121,23 @@ class DesiredInterface:
             external=self.external,
         )
 
-    def kernel_routes(self, mask: int, peer: PeerPolicy) -> tuple[set[RouteSpec], set[RuleSpec]]:
-        mark, mask = self.mark(mask)
+    def kernel_routes(self, mask: int, peer: PeerPolicy) -> tuple[frozenset[RouteSpec], frozenset[RuleSpec]]:
+        """What the owners' route requests become in the kernel (kept until they or the settings change:
+        a reconcile, the published view and the route index all ask for them)."""
+        requests = frozenset(self.route_requests())
+        cached = self._expanded
+        if cached is not None and cached[0] == (mask, peer, requests):
+            return cached[1]
+        mark, mask_ = self.mark(mask)
         routes: set[RouteSpec] = set()
         rules: set[RuleSpec] = set()
-        for request in self.route_requests():
-            r, q = expand(request, self.name, mark, mask, peer)
+        for request in requests:
+            r, q = expand(request, self.name, mark, mask_, peer)
             routes.update(r)
             rules.update(q)
-        return routes, rules
+        result = (frozenset(routes), frozenset(rules))
+        self._expanded = ((mask, peer, requests), result)
+        return result
 
     def to_json(self) -> dict:
         data: dict = {

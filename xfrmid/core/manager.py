@@ -112,7 +112,8 @@ class Manager:
             except XfrmidError:
                 self.settings, self.desired = old_settings, old_state
                 raise
-            await self._sync.reconcile_all()
+            unconfigured = set(old_state.interfaces) - set(self.desired.interfaces)
+            await self._sync.reconcile_all(released=dict.fromkeys(unconfigured, "no longer configured"))
 
     def _apply_static(self, settings: Settings) -> None:
         merge_static(self.desired, settings)

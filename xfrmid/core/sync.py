@@ -239,8 +239,12 @@ class Syncer:
 
     # --- everything ----------------------------------------------------------------
 
-    async def reconcile_all(self) -> dict[str, int]:
-        """Full reconcile of every namespace xfrmid knows; counts created/repaired/adopted/removed."""
+    async def reconcile_all(self, released: dict[Key, str] | None = None) -> dict[str, int]:
+        """Full reconcile of every namespace xfrmid knows; counts created/repaired/adopted/removed.
+
+        ``released``: interfaces let go of on purpose just before (a reload), with the
+        reason, so their deletion is not logged as a crash's leftover.
+        """
         desired = self.m.desired
         totals: Counter[str] = Counter({"created": 0, "repaired": 0, "adopted": 0, "removed": 0})
         dirty: set[Key] = set()
@@ -259,7 +263,8 @@ class Syncer:
             except XfrmidError as exc:
                 log.warning("reconcile could not read the kernel: %s", exc)
                 continue
-            actions = plan_netns(self._input(netns, view, None))
+            why = {k[1]: v for k, v in (released or {}).items() if k[0] == netns}
+            actions = plan_netns(self._input(netns, view, None, why))
             dirty |= self._decide(netns, actions, strict=False)
             seen = {k[1] for k in self.links if k[0] == netns}
             result = await apply(self.m.kernel, actions, strict=False)
