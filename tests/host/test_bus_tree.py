@@ -214,3 +214,15 @@ async def test_caller_gone_before_its_attach_finished(bus, service, manager):
         manager.attach = real_attach
     assert not service._attaching and not service._left_while_attaching
     assert "bound" not in {o for i in manager.interfaces() for o in i.owners}
+
+
+async def test_refused_attach_leaves_no_trace(service, client):
+    from xfrmid.errors import AccessDenied
+
+    async def refuse(sender, method):
+        raise AccessDenied(f"Only root may call {method}.")
+
+    service._access.require_admin = refuse
+    reply = await raw(client, "/org/xfrmid1", "org.xfrmid1.Manager", "Attach", "ssa{sv}", ["ipsec1", "x", {}])
+    assert reply.error_name == "org.freedesktop.DBus.Error.AccessDenied"
+    assert service._attaching == {} and service._left_while_attaching == set()

@@ -155,29 +155,32 @@ class BusService:
 
     async def _dispatch(self, msg: Message, method: Any) -> None:
         try:
+            reply = await self._reply(msg, method)
+        finally:
+            if msg.member == "Attach" and msg.sender:
+                await self._attach_finished(msg.sender)
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            try:
+                self._bus.send(reply)
+            except Exception:  # the caller may be gone; nothing to tell
+                log.debug("could not send the reply to %s", msg.sender, exc_info=True)
+
+    async def _reply(self, msg: Message, method: Any) -> Message:
+        try:
             if msg.member not in OPEN_METHODS:
                 await self._access.require_admin(msg.sender, msg.member)
-            try:
-                result = await method.fn(self._root, *msg.body)
-            finally:
-                if msg.member == "Attach" and msg.sender:
-                    await self._attach_finished(msg.sender)
+            result = await method.fn(self._root, *msg.body)
             if not method.out_signature:
                 body: list[Any] = []
             elif len(method.out_signature_tree.types) == 1:
                 body = [result]
             else:
                 body = list(result)
-            reply = Message.new_method_return(msg, method.out_signature, body)
+            return Message.new_method_return(msg, method.out_signature, body)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - the one place errors become replies
-            reply = error_reply(msg, exc)
-        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
-            try:
-                self._bus.send(reply)
-            except Exception:  # the caller may be gone; nothing to tell
-                log.debug("could not send the reply to %s", msg.sender, exc_info=True)
+            return error_reply(msg, exc)
 
     async def _release_departed_callers(self) -> None:
         """bind_to_caller references restored from the state file whose client left
@@ -200,7 +203,7 @@ class BusService:
         self._attaching.pop(sender, None)
         if sender in self._left_while_attaching:
             self._left_while_attaching.discard(sender)
-            await self._manager.caller_vanished(sender)
+            await self._vanished(sender)
 
     def _name_owner_changed(self, msg: Message) -> None:
         name, _old, new = msg.body
