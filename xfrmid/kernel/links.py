@@ -25,7 +25,7 @@ from ..errors import Conflict, InvalidArgument, NotFound
 from ..naming import Identity, check_ifname, check_unique
 from . import nlattrs, xfrm_kind
 from .events import _IFINFO, IFLA_GROUP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_OPERSTATE
-from .events import OPERSTATES
+from .events import OPERSTATES, _walk
 from .namespace import F_CREATE, F_REQ, raw_dump, request, where
 from .nlerrors import NO_XFRM_KIND, code_of, translate
 from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, LinkSpec, LinkState
@@ -35,7 +35,7 @@ IFLA_IFALIAS = 20
 IFLA_INFO_DATA = 2
 IFLA_XFRM_LINK, IFLA_XFRM_IF_ID = 1, 2
 _OPERSTATES = tuple(state.upper() for state in OPERSTATES)  # as pyroute2 names them
-_NAME_ATTRS = {IFLA_IFNAME: nlattrs.text}
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # IFLA_EXT_MASK: no link statistics in dumps (bytes nobody reads)
 
 
 def _kind_of(msg) -> tuple[str | None, object]:
@@ -84,14 +84,19 @@ async def names_of(ipr, indices: set[int]) -> dict[int, str]:
     """Names of devices by ifindex: a get each for a few, one name-only dump for many."""
     if len(indices) <= 4:
         return await _names(ipr, indices)
-    raw = await raw_dump(ipr, ifinfmsg(), RTM_GETLINK)
+    query = ifinfmsg()
+    query["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
+    raw = await raw_dump(ipr, query, RTM_GETLINK)
     names: dict[int, str] = {}
     for mtype, data, pos, end in raw:
         if mtype != RTM_NEWLINK:
             continue
         index = _IFINFO.unpack_from(data, pos)[2]
         if index in indices:
-            names[index] = nlattrs.pick(data, pos + 16, end, _NAME_ATTRS).get(IFLA_IFNAME, "")
+            for atype, start, stop in _walk(data, pos + 16, end):
+                if atype == IFLA_IFNAME:  # the kernel puts it first: stop there
+                    names[index] = nlattrs.text(data, start, stop)
+                    break
     return names
 
 
@@ -172,7 +177,10 @@ def _raw_state(data: bytes, pos: int, end: int) -> tuple[LinkState, int] | None:
 
 def _query_xfrm() -> ifinfmsg:
     msg = ifinfmsg()
-    msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", KIND.name)]})]
+    msg["attrs"] = [
+        ("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", KIND.name)]}),
+    ]
     return msg
 
 
