@@ -462,3 +462,15 @@ async def test_interfaces_sharing_a_mark_keep_each_others_peer_rule(kernel, tmp_
     assert rules <= set(ns(kernel).rules)
     assert await m.reconcile() == {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}
     await m.stop()
+
+
+async def test_published_views_equal_interfaces(kernel, settings):
+    m1 = Manager(kernel, settings)
+    await m1.start()
+    await m1.attach("ipsec91", "a")
+    await m1.create_interface("ipsec90", addresses=["192.0.2.90/24"])
+    await m1.stop()
+    m2 = Manager(kernel, settings)
+    await m2.start()
+    assert m2.published() == m2.interfaces() and [i.name for i in m2.published()] == ["ipsec90", "ipsec91"]
+    await m2.stop()

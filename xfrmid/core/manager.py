@@ -132,6 +132,12 @@ class Manager:
         keys = sorted(self.desired.interfaces, key=lambda k: (k[0] or "", k[1]))
         return [self.info(key) for key in keys]
 
+    def published(self) -> list[InterfaceInfo]:
+        """The views last published to listeners, sorted like interfaces(): the same content
+        once a call or reconcile is done, without building every view again (start-up)."""
+        keys = sorted(self._published, key=lambda k: (k[0] or "", k[1]))
+        return [self._published[key] for key in keys]
+
     def get(self, name: str, netns: str | None = None) -> InterfaceInfo:
         key = (check_netns(netns), check_ifname(name))
         if key not in self.desired.interfaces:
