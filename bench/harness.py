@@ -15,8 +15,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.kernel.bus_fixtures import PrivateBus
@@ -102,6 +103,37 @@ class Notify:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class StampedLog:
+    """The daemon's output, each line written to ``path`` with the seconds since the exec.
+
+    The daemon logs without timestamps when not under journald; the stamps
+    (taken when a line arrives through the pipe) say when each start-up
+    phase ended.
+    """
+
+    def __init__(self, path: Path, pipe, started: float) -> None:
+        self.path, self.started = path, started
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe) -> None:
+        with open(self.path, "a", encoding="utf-8", errors="replace") as out:
+            for raw in pipe:
+                at = time.monotonic() - self.started
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.lines.append((at, line))
+                out.write(f"+{at:9.3f} {line}\n")
+                out.flush()
+
+    def when(self, needle: str) -> float | None:
+        """Seconds from the exec to the first line containing ``needle``."""
+        return next((at for at, line in list(self.lines) if needle in line), None)
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)
+
+
 @dataclass
 class Daemon:
     process: subprocess.Popen
@@ -110,6 +142,19 @@ class Daemon:
     started: float  # monotonic time of the exec
     ready: float | None  # monotonic time of READY=1
     profiled: bool = False  # started under py-spy: the daemon is py-spy's child
+    output: StampedLog | None = field(default=None, repr=False)
+
+    def phases(self) -> dict[str, float | None]:
+        """Seconds from the exec to the end of each start-up phase (from the log's stamps)."""
+        out = self.output
+        get = (lambda needle: None) if out is None else out.when
+        return {
+            "started_s": get(" starting (config "),  # Python start, the daemon module's imports
+            "features_logged_s": get("supports XFRM interfaces"),  # pyroute2's import, kernel probe
+            "reconciled_s": get("start-up reconcile"),  # dumps, state file, plan, repairs
+            "bus_name_s": get("serving org.xfrmid1"),  # watcher, bus, objects exported, name taken
+            "ready_s": None if self.ready is None else round(self.ready - self.started, 3),
+        }
 
     def rss_mb(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) in MiB."""
@@ -129,6 +174,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.output is not None:
+            self.output.join()
         return self.process.returncode
 
     def tail(self, chars: int = 3000) -> str:
@@ -155,13 +202,14 @@ def start_daemon(bus: PrivateBus, netns: str, state_dir: Path, *, timeout: float
     env["NOTIFY_SOCKET"] = notify.path
     env["PYTHONPATH"] = str(TOP)
     started = time.monotonic()
-    proc = subprocess.Popen(["ip", "netns", "exec", netns] + cmd, stdout=open(log, "ab"),
+    proc = subprocess.Popen(["ip", "netns", "exec", netns] + cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=TOP, env=env)
+    output = StampedLog(log, proc.stdout, started)
     try:
         ready = notify.wait_ready(proc, timeout)
     finally:
         notify.close()
-    daemon = Daemon(proc, log, state_dir, started, ready, profiled=bool(profile))
+    daemon = Daemon(proc, log, state_dir, started, ready, profiled=bool(profile), output=output)
     if ready is None:
         daemon.stop()
         raise RuntimeError(f"xfrmid did not become ready within {timeout:.0f}s:\n{daemon.tail()}")

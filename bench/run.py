@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storm-wait", type=float, default=60.0,
                         help="seconds to wait for the drift repair after the storm (at least 5x the burst)")
     parser.add_argument("--deadline", type=float, default=0.0,
-                        help="seconds after which create/delete stop issuing calls (0: none); rows then say so")
+                        help="seconds after which create, and then delete, stop sending calls (0: none); "
+                             "a row cut short has xfrmid null and says how many calls completed")
+    parser.add_argument("--window", type=int, default=cases.WINDOW,
+                        help=f"calls in flight for create/delete (default {cases.WINDOW}; the system bus "
+                             "allows 128 pending replies per connection)")
     parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
     return parser
 
@@ -89,11 +94,12 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
     took = cases.prepare_scale(netns, state_dir, args.scale)
     log(f"prepared in {took:.1f}s; baseline ip -d link show")
     listing = timed(["ip", "-n", netns, "-d", "link", "show"])
-    log("starting xfrmid on them")
+    reads = cases.kernel_reads(netns)
+    log(f"ip -d link show: {listing:.1f}s; links, addresses, routes and rules: {reads:.1f}s; starting xfrmid")
     daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "scale"))
     try:
-        rows.append(cases.startup_row(daemon, listing, args.scale))
-        log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing:.1f}s); latency")
+        rows.append(cases.startup_row(daemon, listing, args.scale, reads))
+        log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing:.1f}s), phases {rows[-1]['phases']}; latency")
         rows.append(cases.memory_row(daemon, args.scale))
         save(rows, out)
 
@@ -117,7 +123,8 @@ def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, 
     log(f"create/delete: {args.n} interfaces")
     daemon = start_daemon(bus, api_ns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "create-delete"))
     try:
-        rows.extend(asyncio.run(_with_client(bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.stop_at))))
+        rows.extend(asyncio.run(_with_client(
+            bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.deadline, args.window))))
         save(rows, out)
     except Exception:
         _tail_on_error(daemon)
@@ -159,28 +166,62 @@ def table(rows: list[dict]) -> str:
                          f"{'<=100 MB':>7}  {'yes' if r['ok'] else 'NO '} peak {r['hwm_mb']} MB")
             continue
         notes = ""
-        if r["name"] in ("create", "delete") and r["xfrmid"] is None:
-            notes = f"cut short by --deadline: {r['completed']} of {r['n']} calls in {r['elapsed_s']:.1f}s"
+        if r["name"] in ("create", "delete"):
+            notes = f"{r['per_call_ms']} ms/call vs {r['baseline_per_link_ms']} ms/link"
+            if r["cut_short"]:
+                notes = (f"cut short by --deadline: {r['completed']} of {r['n']} calls in {r['elapsed_s']:.1f}s; "
+                         + notes)
+            if r.get("kernel_floor_s"):
+                notes += f"; bare link add {r['kernel_floor_s']:.2f}s"
+            if r.get("kernel_bulk_s"):
+                notes += f"; group delete {r['kernel_bulk_s']:.2f}s"
+        if r["name"] == "startup":
+            p = r.get("phases") or {}
+            notes = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in p.items() if v is not None)
         if r["name"] == "latency":
             notes = f"p99 {r['attach_p99']:.3f}s = {r['p99_over_median']}x median (<=2: {'yes' if r['p99_ok'] else 'NO'})"
         if r["name"] == "event_storm":
             notes = (f"repaired: {'yes' if r['repaired'] else 'NO'}; slowest Get {f(r['max_get_s'], 's')} "
                      f"(<=1s: {'yes' if r['get_ok'] else 'NO'})")
+            x = r.get("foreign_xfrm")
+            if x:
+                notes += (f"; foreign xfrm storm: burst {f(x['burst_s'], 's')}, consistent "
+                          f"{f(x['consistent_s'], 's')}, slowest Get {f(x['max_get_s'], 's')}")
         lines.append(f"{r['name']:<12} {r['n']:>6} {f(r['xfrmid'], 's'):>11} {f(r['baseline'], 's'):>11} "
                      f"{f(r['ratio']):>7} {'<=' + str(r['target']):>7}  {'yes' if r['ok'] else 'NO '} {notes}")
     return "\n".join(lines)
 
 
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(TOP), "-c", f"safe.directory={TOP}", "describe", "--always",
+                              "--dirty"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def meta(args, started: float, load_before: tuple[float, ...]) -> dict:
+    """How the run was made: written beside bench.json as bench-meta.json."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(),
+            "args": {k: v for k, v in vars(args).items() if k != "out"}, "seconds": round(time.monotonic() - started, 1),
+            "guest_loadavg_before": load_before, "guest_loadavg_after": os.getloadavg(),
+            "guest_cpus": os.cpu_count(), "kernel": os.uname().release}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.stop_at = time.monotonic() + args.deadline if args.deadline > 0 else float("inf")
     if os.geteuid() != 0:
         print("bench: run as root inside the test VM (make bench does that).", file=sys.stderr)
         return 2
+    started, load_before = time.monotonic(), os.getloadavg()
     rows = run(args)
-    save(rows, Path(args.out))
+    out = Path(args.out)
+    save(rows, out)
+    info = meta(args, started, load_before)
+    out.with_name(out.stem + "-meta.json").write_text(json.dumps(info, indent=1) + "\n")
     print(table(rows))
-    log(f"wrote {args.out}")
+    log(f"wrote {args.out} ({info['seconds']:.0f}s, commit {info['commit']})")
     return 0
 
 

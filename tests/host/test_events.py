@@ -19,6 +19,7 @@ from xfrmid.kernel.events import (
     Parser,
     RouteEvent,
     RuleEvent,
+    kernel_filter,
 )
 
 
@@ -142,3 +143,90 @@ def test_truncated_or_unknown_messages_are_skipped():
     assert parser.feed(full[:40]) == []
     assert parser.feed(struct.pack("=IHHII", 16, 3, 0, 0, 0)) == []  # NLMSG_DONE
     assert len(parser.feed(full)) == 1
+
+
+# -- the kernel-side filter, run by a classic BPF interpreter of the kernel's semantics --
+
+def _nla_find(data: bytes, pos: int, end: int, atype: int) -> int:
+    while pos + 4 <= end:
+        alen, t = struct.unpack_from("=HH", data, pos)
+        if alen < 4 or pos + alen > end:
+            return 0
+        if t & 0x3FFF == atype:
+            return pos
+        pos += (alen + 3) & ~3
+    return 0
+
+
+def run_filter(program: bytes, data: bytes) -> int:
+    """What the kernel's sk_filter returns for ``data`` (one netlink message): 0 drops it.
+
+    Only the instructions the program uses; ancillary loads as net/core/filter.c's
+    bpf_skb_get_nlattr(_nest): A = offset of the attribute of type X from
+    offset A on (nla), or inside the attribute at offset A (nlan), else 0.
+    """
+    ins = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = ins[pc]
+        pc += 1
+        if code == 0x06:  # ret k
+            return k
+        if code == 0x00:  # ld #k
+            a = k
+        elif code == 0x01:  # ldx #k
+            x = k
+        elif code == 0x07:  # tax
+            x = a
+        elif code == 0x15:  # jeq #k
+            pc += jt if a == k else jf
+        elif code in (0x20, 0x28, 0x30):  # ld[w|h|b] [k], ancillary when k < 0
+            off = k - (1 << 32) if k & 0x80000000 else k
+            if off == -0x1000 + 12:  # nla
+                a = _nla_find(data, a, len(data), x) if a + 4 <= len(data) else 0
+            elif off == -0x1000 + 16:  # nlan
+                alen = struct.unpack_from("=H", data, a)[0] if a + 4 <= len(data) else 0
+                a = _nla_find(data, a + 4, a + alen, x) if alen else 0
+            else:
+                size = {0x20: 4, 0x28: 2, 0x30: 1}[code]
+                if off + size > len(data):
+                    return 0
+                a = int.from_bytes(data[off:off + size], "big")
+        elif code in (0x40, 0x50):  # ld[w|b] [x + k]
+            size = 4 if code == 0x40 else 1
+            if x + k + size > len(data):
+                return 0
+            a = int.from_bytes(data[x + k:x + k + size], "big")
+        else:
+            raise AssertionError(f"instruction {code:#x} not interpreted")
+
+
+@pytest.mark.parametrize("data, passes", [
+    (link_msg("ipsec1", 5), True),
+    (link_msg("ipsec1", 5, deleted=True), True),
+    (link_msg("xfrm1", 6, kind="xfrmx"), False),
+    (link_msg("veth1", 7, kind="veth"), False),
+    (link_msg("eth0", 2, kind=None), False),
+    (link_msg("veth1", 3, kind="veth", alias="\x09\x00\x01\x00xfrm"), False),
+    (route_msg("10.2.0.0", 16, proto=120, deleted=True), True),
+    (route_msg("10.3.0.0", 16, proto=2, oif=5), False),  # never drift: not worth a wakeup
+    (rule_msg(120), True),
+    (rule_msg(3), False),
+    (addr_msg(5, socket.AF_INET, "10.0.0.1", 24), True),  # the parser matches the index
+    (struct.pack("=IHHIIi", 20, 2, 0, 0, 0, -errno.ENOBUFS), True),
+], ids=["xfrm", "xfrm-deleted", "xfrmx", "veth", "no-kind", "needle-in-alias", "route-120", "route-2",
+        "rule-120", "rule-3", "address", "error"])
+def test_kernel_filter_passes_only_what_the_parser_could_use(data, passes):
+    assert (run_filter(kernel_filter(), data) != 0) is passes
+    if not passes:  # nothing dropped that the parser would have turned into drift
+        assert all(not isinstance(ev, (LinkEvent, RuleEvent)) and getattr(ev, "protocol", 120) != 120
+                   for ev in Parser(None, Interest(names={"ipsec1"}, indexes={5})).feed(data))
+
+
+def test_kernel_filter_fits_the_kernel():
+    program = kernel_filter()
+    assert len(program) % 8 == 0 and 0 < len(program) // 8 <= 4096  # BPF_MAXINSNS
+    for i in range(0, len(program), 8):
+        code, jt, jf, _k = struct.unpack_from("=HBBI", program, i)
+        assert i // 8 + 1 + max(jt, jf) < len(program) // 8 or code == 0x06  # jumps stay inside
+    assert struct.unpack_from("=H", program, len(program) - 8)[0] == 0x06  # ends with a ret

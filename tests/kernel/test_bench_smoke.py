@@ -34,6 +34,16 @@ def test_bench_smoke_writes_all_six_rows(tmp_path, capsys):
         else:
             assert r["xfrmid"] > 0 and r["baseline"] > 0
             assert abs(r["ratio"] - r["xfrmid"] / r["baseline"]) <= 0.01 * r["ratio"]  # both rounded
+    by = {r["name"]: r for r in rows}
+    # each row explains itself: start-up phases from the daemon's log, the kernel's floors,
+    # the storm whose events reach the daemon
+    assert all(v is not None for v in by["startup"]["phases"].values()), by["startup"]
+    assert by["startup"]["iproute2_reads_s"] > 0
+    assert by["create"]["kernel_floor_s"] > 0 and by["delete"]["kernel_bulk_s"] > 0
+    assert by["create"]["completed"] == by["delete"]["completed"] == 12
+    assert by["event_storm"]["repaired"] and by["event_storm"]["foreign_xfrm"]["repaired"], by["event_storm"]
+    meta = json.loads((tmp_path / "bench-meta.json").read_text())
+    assert meta["args"]["n"] == 12 and meta["kernel"]
     assert "benchmark" in printed and "event_storm" in printed  # the table
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "xfrmid-bench-" not in left

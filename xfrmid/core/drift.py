@@ -18,6 +18,7 @@ Additions are never drift: they cannot break a promise.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 
 from ..kernel.events import (
     AddressEvent,
@@ -69,6 +70,7 @@ class Managed:
         self.interest: dict[str | None, Interest] = {}
         self._names: dict[tuple[str | None, int], str] = {}  # (netns, ifindex) -> name
         self._routes: dict[tuple[str | None, str, int], str] | None = None  # -> name; per burst
+        self._per_netns: Counter[str | None] = Counter()  # managed interfaces per namespace
 
     def interest_of(self, netns: str | None) -> Interest:
         interest = self.interest.get(netns)
@@ -77,11 +79,13 @@ class Managed:
         return interest
 
     def namespaces(self) -> set[str | None]:
-        return {netns for netns, _name in self.infos}
+        """Namespaces holding managed interfaces (O(namespaces): asked on every listener call)."""
+        return set(self._per_netns)
 
     def clear(self) -> None:
         self.infos.clear()
         self._names.clear()
+        self._per_netns.clear()
         for interest in self.interest.values():
             interest.names.clear()
             interest.indexes.clear()
@@ -90,6 +94,8 @@ class Managed:
         netns = info.netns or None
         old = self.infos.get((netns, info.name))
         self.infos[(netns, info.name)] = info
+        if old is None:
+            self._per_netns[netns] += 1
         interest = self.interest_of(netns)
         interest.names.add(info.name)
         if old is not None and old.ifindex and old.ifindex != info.ifindex:
@@ -102,6 +108,10 @@ class Managed:
     def forget(self, info: InterfaceInfo) -> None:
         netns = info.netns or None
         old = self.infos.pop((netns, info.name), None)
+        if old is not None:
+            self._per_netns[netns] -= 1
+            if self._per_netns[netns] <= 0:
+                del self._per_netns[netns]
         interest = self.interest.get(netns)
         for idx in {info.ifindex, old.ifindex if old else 0} - {0}:
             if self._names.get((netns, idx)) == info.name:

@@ -43,6 +43,7 @@ MAX_DELAY = 1.0  # a continuous storm still reconciles this often
 MAX_PENDING = 100_000  # distinct objects remembered per burst; beyond: just reconcile
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 COST_FACTOR = 2.0  # a storm waits at least this many times the last repair's duration
+JUDGE_CHUNK = 2000  # events judged between two yields to the event loop
 
 
 class Monitor(Protocol):
@@ -328,7 +329,12 @@ class Watcher:
             else:
                 log.info("netns %s: %s; resynchronising", _label(netns or None), evs[-1].reason)
         self._managed.new_burst()
-        drift = [ev for ev in events if not self.judge or self._managed.is_drift(ev)]
+        drift = []
+        for start in range(0, len(events), JUDGE_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # thousands of distinct objects: let the bus in between
+            drift.extend(ev for ev in events[start:start + JUDGE_CHUNK]
+                         if not self.judge or self._managed.is_drift(ev))
         if self._held or self._held_all:
             drift = self._defer_held(drift)
         if not (drift or overflow or retry):

@@ -12,6 +12,12 @@ walked fully and become events:
 
 The parser works on raw bytes rather than pyroute2's message classes because
 decoding a full RTM_NEWLINK with pyroute2 costs ~100x more than this filter.
+
+``kernel_filter()`` is the same choice made earlier, in the kernel: a classic
+BPF socket filter that drops link messages of other kinds and routes and
+rules without xfrmid's protocol before they are queued on the socket, so a
+storm of foreign events neither wakes the daemon nor fills its receive buffer
+(no overrun, no resync). The parser still checks everything it is given.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 
 from .objects import MAIN_TABLE, XFRMID_LINK_GROUP, XFRMID_PROTO
@@ -32,6 +39,8 @@ RTM_NEWRULE, RTM_DELRULE = 32, 33
 
 # attribute types
 IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP = 3, 4, 16, 18, 27
+IFINFO_END = 32  # nlmsghdr + ifinfomsg: where a link message's attributes start
+RTMSG_END = 28  # nlmsghdr + rtmsg (fib_rule_hdr alike)
 IFLA_INFO_KIND = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_TABLE = 1, 4, 6, 15
@@ -293,3 +302,75 @@ class Parser:
         dst_net = _net(family, data, dst[0], dst[1], dst_len) if dst else None
         src_net = _net(family, data, src[0], src[1], src_len) if src else None
         return RuleEvent(self.netns, deleted, family, priority, table, proto, dst_net, src_net, pid)
+
+
+# -- the kernel-side filter (classic BPF, linux/filter.h) ------------------------
+
+_BPF_LD, _BPF_LDX, _BPF_JMP, _BPF_RET, _BPF_MISC = 0x00, 0x01, 0x05, 0x06, 0x07
+_BPF_W, _BPF_H, _BPF_B = 0x00, 0x08, 0x10
+_BPF_IMM, _BPF_ABS, _BPF_IND = 0x00, 0x20, 0x40
+_BPF_JEQ, _BPF_TAX = 0x10, 0x00
+_SKF_AD_OFF = -0x1000
+# ancillary loads (Documentation/networking/filter.rst "nla", "nlan"): A = offset of the
+# attribute of type X found from offset A on (nla) or inside the attribute at offset A (nlan), or 0
+_SKF_AD_NLATTR, _SKF_AD_NLATTR_NEST = 12, 16
+_ACCEPT, _DROP = 0xFFFFFFFF, 0
+_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def _net16(value: int) -> int:
+    """A host-order u16 as BPF's (big-endian) half-word load sees it."""
+    return value if sys.byteorder == "big" else ((value & 0xFF) << 8) | (value >> 8)
+
+
+def kernel_filter() -> bytes:
+    """The socket filter program (struct sock_filter[]) for a monitor socket.
+
+    Passes: links of kind xfrm (IFLA_LINKINFO/IFLA_INFO_KIND "xfrm"), routes
+    with protocol 120, rules with FRA_PROTOCOL 120, and every other message
+    (addresses, errors) whole. Links without the kind xfrm cannot be managed
+    (xfrmid manages xfrm links only; a foreign device can take a managed name
+    only after the managed link was deleted or renamed, and those events pass),
+    routes and rules of other protocols are never drift.
+    """
+    xfrm = int.from_bytes(b"xfrm", "big")
+    # (label, code, k, jump-if-true label, jump-if-false label); None: next instruction
+    prog: list[tuple[str | None, int, int, str | None, str | None]] = [
+        (None, _BPF_LD | _BPF_H | _BPF_ABS, 4, None, None),  # nlmsg_type
+        (None, _BPF_JMP | _BPF_JEQ, _net16(RTM_NEWLINK), "link", None),
+        (None, _BPF_JMP | _BPF_JEQ, _net16(RTM_DELLINK), "link", None),
+        (None, _BPF_JMP | _BPF_JEQ, _net16(RTM_NEWROUTE), "route", None),
+        (None, _BPF_JMP | _BPF_JEQ, _net16(RTM_DELROUTE), "route", None),
+        (None, _BPF_JMP | _BPF_JEQ, _net16(RTM_NEWRULE), "rule", None),
+        (None, _BPF_JMP | _BPF_JEQ, _net16(RTM_DELRULE), "rule", None),
+        (None, _BPF_RET, _ACCEPT, None, None),
+        ("link", _BPF_LD | _BPF_W | _BPF_IMM, IFINFO_END, None, None),
+        (None, _BPF_LDX | _BPF_W | _BPF_IMM, IFLA_LINKINFO, None, None),
+        (None, _BPF_LD | _BPF_W | _BPF_ABS, _SKF_AD_OFF + _SKF_AD_NLATTR, None, None),
+        (None, _BPF_JMP | _BPF_JEQ, 0, "drop", None),
+        (None, _BPF_LDX | _BPF_W | _BPF_IMM, IFLA_INFO_KIND, None, None),
+        (None, _BPF_LD | _BPF_W | _BPF_ABS, _SKF_AD_OFF + _SKF_AD_NLATTR_NEST, None, None),
+        (None, _BPF_JMP | _BPF_JEQ, 0, "drop", None),
+        (None, _BPF_MISC | _BPF_TAX, 0, None, None),
+        (None, _BPF_LD | _BPF_W | _BPF_IND, 4, None, None),  # the kind's first 4 bytes
+        (None, _BPF_JMP | _BPF_JEQ, xfrm, None, "drop"),
+        (None, _BPF_LD | _BPF_B | _BPF_IND, 8, None, None),  # and its NUL: not "xfrmx"
+        (None, _BPF_JMP | _BPF_JEQ, 0, "accept", "drop"),
+        ("route", _BPF_LD | _BPF_B | _BPF_ABS, 16 + 5, None, None),  # rtm_protocol
+        (None, _BPF_JMP | _BPF_JEQ, XFRMID_PROTO, "accept", "drop"),
+        ("rule", _BPF_LD | _BPF_W | _BPF_IMM, RTMSG_END, None, None),
+        (None, _BPF_LDX | _BPF_W | _BPF_IMM, FRA_PROTOCOL, None, None),
+        (None, _BPF_LD | _BPF_W | _BPF_ABS, _SKF_AD_OFF + _SKF_AD_NLATTR, None, None),
+        (None, _BPF_JMP | _BPF_JEQ, 0, "drop", None),
+        (None, _BPF_MISC | _BPF_TAX, 0, None, None),
+        (None, _BPF_LD | _BPF_B | _BPF_IND, 4, None, None),
+        (None, _BPF_JMP | _BPF_JEQ, XFRMID_PROTO, "accept", "drop"),
+        ("accept", _BPF_RET, _ACCEPT, None, None),
+        ("drop", _BPF_RET, _DROP, None, None),
+    ]
+    where = {label: i for i, (label, *_rest) in enumerate(prog) if label}
+    out = bytearray()
+    for i, (_label, code, k, jt, jf) in enumerate(prog):
+        rel = lambda target: 0 if target is None else where[target] - i - 1  # noqa: E731
+        out += _FILTER.pack(code, rel(jt), rel(jf), k & 0xFFFFFFFF)
+    return bytes(out)

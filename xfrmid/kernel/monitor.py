@@ -3,8 +3,9 @@
 One ``NetnsMonitor`` per namespace xfrmid manages: an AsyncIPRoute bound to
 the link, address, route and rule multicast groups, whose datagrams go
 straight from pyroute2's asyncio transport into ``events.Parser`` (no
-per-message pyroute2 decoding, no queue): a storm of foreign events costs a
-few microseconds each.
+per-message pyroute2 decoding, no queue). A socket filter
+(``events.kernel_filter``) drops foreign links' events and other protocols'
+routes and rules in the kernel: a storm of them never reaches the daemon.
 
 When the kernel drops notifications because the receive buffer overflowed
 (ENOBUFS), the stream can no longer be trusted: the monitor opens a fresh
@@ -22,10 +23,12 @@ ResyncEvent) a namespace that was deleted or replaced by a new one.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable
 
 from pyroute2 import AsyncIPRoute
@@ -40,7 +43,7 @@ from pyroute2.netlink.rtnl import (
 )
 
 from ..errors import XfrmidError
-from .events import Event, Interest, Parser, ResyncEvent
+from .events import Event, Interest, Parser, ResyncEvent, kernel_filter
 from .namespace import netns_path, open_netns_fd
 
 log = logging.getLogger("xfrmid.monitor")
@@ -59,6 +62,7 @@ GROUPS = (
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 NS_POLL_INTERVAL = 2.0
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 DRAIN_BATCH = 256  # datagrams per wakeup: cheap per event, and the loop stays responsive
 RECV_SIZE = 65536  # larger than any single rtnetlink notification
 
@@ -85,6 +89,13 @@ class _EventSocket(AsyncIPRoute):
         sink = self.sink
         if sink is not None:
             sink(data)
+
+
+def attach_filter(sock, program: bytes) -> None:
+    """SO_ATTACH_FILTER with a classic BPF program (struct sock_filter[]); the kernel copies it."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buf))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def _stop_reading(ipr: _EventSocket) -> None:
@@ -119,6 +130,7 @@ class NetnsMonitor:
         *,
         rcvbuf: int = DEFAULT_RCVBUF,
         ns_poll: float = NS_POLL_INTERVAL,
+        kernel_filter: bool = True,
     ) -> None:
         self.netns = netns
         self.interest = interest if interest is not None else Interest()
@@ -126,6 +138,8 @@ class NetnsMonitor:
         self.on_event = on_event
         self.rcvbuf = rcvbuf
         self.ns_poll = ns_poll
+        self.kernel_filter = kernel_filter  # False: every notification reaches the parser (tests)
+        self.filtered = False  # the kernel filter is attached to the current socket
         self.overruns = 0
         self.reopens = 0
         self._ipr: _EventSocket | None = None
@@ -181,6 +195,14 @@ class NetnsMonitor:
                 ipr.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
             except PermissionError:
                 pass
+            filtered = False
+            if self.kernel_filter:
+                try:
+                    attach_filter(ipr, kernel_filter())
+                    filtered = True
+                except OSError as exc:  # the parser filters the same, only more slowly
+                    log.warning("netns %s: no kernel event filter (%s); filtering in the daemon",
+                                label(self.netns), exc)
             ipr.sink = self._receiver(ipr)
             await ipr.bind(groups=GROUPS)
             self._read_in_batches(ipr)
@@ -188,6 +210,7 @@ class NetnsMonitor:
             _close(ipr)
             raise
         old, self._ipr, self._ns_id = self._ipr, ipr, ns_id
+        self.filtered = filtered
         if old is not None:
             _close(old)
         log.debug("monitoring rtnetlink events in netns %s", label(self.netns))
