@@ -117,7 +117,7 @@ def ip_batch(netns: str, text: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-async def test_restart_repairs_exactly_what_was_changed(tmp_path, record_property):
+async def test_restart_repairs_exactly_what_was_changed(tmp_path, record_testsuite_property):
     netns = new_netns_name("xrs")
     add_netns(netns)
     bus = start_bus(policy=False)
@@ -170,7 +170,7 @@ async def test_restart_repairs_exactly_what_was_changed(tmp_path, record_propert
         timings["total"] = time.monotonic() - began
         summary = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
         print(f"restart test: {counts}; {summary}")
-        record_property("restart_summary", f"{counts}; {summary}")
+        record_testsuite_property("restart_summary", f"{counts}; {summary}")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0, log.read_text()[-3000:]
     finally:

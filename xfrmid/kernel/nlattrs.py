@@ -1,7 +1,7 @@
 """Attributes of raw rtnetlink messages, decoded only where a caller asks.
 
 Dumps of thousands of objects are parsed from the kernel's bytes (see
-namespace.raw_dump) with the walker of events.py: ``pick`` returns just the
+namespace.raw_dump) with the structs of events.py: ``pick`` returns just the
 attributes named in a table of decoders, so each parser states what it reads
 and nothing else is decoded.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from .events import _U32, _cstr, _walk
+from .events import _NLA, _U32, NLA_TYPE_MASK, _cstr
 
 Decoder = Callable[[bytes, int, int], object]
 
@@ -49,9 +49,17 @@ ADDRESS = {socket.AF_INET: address(socket.AF_INET), socket.AF_INET6: address(soc
 
 def pick(data: bytes, pos: int, end: int, decoders: dict[int, Decoder]) -> dict[int, object]:
     """{attribute type: decoded value} of the attributes in data[pos:end] that ``decoders`` names."""
+    # events._walk's loop, inlined: this runs for every attribute of every message of
+    # a 10,000-link dump, and the generator's yields cost a third of the time.
     found: dict[int, object] = {}
-    for atype, start, stop in _walk(data, pos, end):
-        decode = decoders.get(atype)
+    unpack = _NLA.unpack_from
+    get = decoders.get
+    while pos + 4 <= end:
+        alen, atype = unpack(data, pos)
+        if alen < 4:
+            break
+        decode = get(atype & NLA_TYPE_MASK)
         if decode is not None:
-            found[atype] = decode(data, start, stop)
+            found[atype & NLA_TYPE_MASK] = decode(data, pos + 4, pos + alen)
+        pos += (alen + 3) & ~3
     return found
