@@ -77,10 +77,15 @@ test-service-unit: venv
 # BENCH_N / BENCH_SCALE shrink them (e.g. make bench BENCH_N=20 BENCH_SCALE=20).
 BENCH_N ?= 1000
 BENCH_SCALE ?= 10000
+# BENCH_ARGS passes more (e.g. BENCH_ARGS="--profile build/reports/profile --deadline 900").
+# The host's load goes to bench-host.txt: the VM is emulated, its speed is the host's.
+BENCH_ARGS ?=
 bench: venv
 	@mkdir -p $(REPORTS)
+	@echo "before: $$(date -u '+%F %T UTC') $$(uptime)" > $(REPORTS)/bench-host.txt
 	XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-7200} XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-4G} \
-		tests/vm/run python -m bench.run --n $(BENCH_N) --scale $(BENCH_SCALE) --out $(REPORTS)/bench.json
+		tests/vm/run python -m bench.run --n $(BENCH_N) --scale $(BENCH_SCALE) --out $(REPORTS)/bench.json $(BENCH_ARGS)
+	@echo "after:  $$(date -u '+%F %T UTC') $$(uptime)" >> $(REPORTS)/bench-host.txt
 
 demo: venv
 	tests/vm/run examples/demo.sh
