@@ -147,7 +147,11 @@ class Daemon:
     def phases(self) -> dict[str, float | None]:
         """Seconds from the exec to the end of each start-up phase (from the log's stamps)."""
         out = self.output
-        get = (lambda needle: None) if out is None else out.when
+
+        def get(needle: str) -> float | None:
+            at = None if out is None else out.when(needle)
+            return None if at is None else round(at, 3)
+
         return {
             "started_s": get(" starting (config "),  # Python start, the daemon module's imports
             "features_logged_s": get("supports XFRM interfaces"),  # pyroute2's import, kernel probe
