@@ -76,8 +76,11 @@ async def new_interface(
     policy = manager.settings.name_policy
     try:
         have = await manager.kernel.link(netns, name)  # one get, not a dump of the namespace
-    except (NotFound, InvalidArgument):
-        have = None  # absent, or not an xfrm device (the create then says the name is taken)
+    except NotFound:
+        have = None
+        manager.note_absent((netns, name))  # the call's sync need not read it again
+    except InvalidArgument:
+        have = None  # not an xfrm device (the create then says the name is taken)
     at = where(netns)
     if have is not None and not have.owned:
         if external is not None and external != have.external:

@@ -196,7 +196,8 @@ class Manager:
                                        f"its MTU is not changed to {mtu}.")
                 elif iface.mtu is not None and not fresh:
                     raise Conflict(f"Interface {name!r}{where(netns)} exists with MTU {iface.mtu}, not {mtu}.")
-            on_link = await self._addresses_on_link(key) if cidrs else set()
+            # a link the get just found absent has no addresses
+            on_link = await self._addresses_on_link(key) if cidrs and key not in self._sync.absent else set()
 
             def change() -> None:
                 if fresh:
@@ -395,8 +396,15 @@ class Manager:
     async def _op(self, key: Key):
         async with self._gate.shared():
             async with self._locks(key):
-                with self.hold(key):
-                    yield
+                try:
+                    with self.hold(key):
+                        yield
+                finally:
+                    self._sync.absent.discard(key)  # a read is trusted only within its call
+
+    def note_absent(self, key: Key) -> None:
+        """A get just found no link named ``key`` (new_interface): the call's create needs no read."""
+        self._sync.absent.add(key)
 
     async def persist(self, keys: "set[Key] | None" = None) -> None:
         """Make the desired state durable: the interfaces ``keys`` changed (None: everything)."""

@@ -9,10 +9,16 @@ A call costs O(its change): it persists only its interface (the store's
 journal), plans only its interface plus the few that share its mark (peer
 rules are keyed by mark, not by device), and checks route slots against an
 index kept per interface (``RouteSlots``), not by expanding every route.
+
+Two shortcuts skip the kernel read of a call (see ``_vouched`` and ``_create``):
+a change that adds and removes nothing in the kernel, on an interface the drift
+watcher vouches for, does no kernel work at all; a fresh interface whose name
+the kernel just reported free is created without a read before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections import Counter
@@ -22,10 +28,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import Conflict, NotFound, XfrmidError
 from ..kernel.objects import LinkState
-from .apply import ApplyResult, apply, snapshot
+from .apply import ApplyResult, apply, run_action, snapshot
 from .desired import DesiredInterface, Key
 from .info import peer_policy
-from .plan import Action, KernelView, PlanInput, Scope, plan_netns, rule_key, summarise
+from .plan import Action, KernelView, PlanInput, Scope, _link_differs, plan_netns, rule_key, summarise
 from .route_slots import RouteSlots
 from .routes_policy import PeerPolicy, route_key
 
@@ -50,6 +56,8 @@ class SavePoint:
 
 _LINK_OPS = ("create_link", "recreate_link", "change_link")
 ALL_PARTS = frozenset({"address", "route", "rule"})
+EMPTY_VIEW = KernelView(links={}, addresses={}, routes=frozenset(), rules=frozenset())
+_CREATE_OPS = frozenset({"create_link", "add_address", "add_route", "add_rule"})
 
 
 def _tag(action: Action) -> tuple | None:
@@ -70,6 +78,10 @@ class Syncer:
     def __init__(self, manager: "Manager") -> None:
         self.m = manager
         self.links: dict[Key, LinkState] = {}  # last kernel state seen per desired interface
+        self.seen_at: dict[Key, float] = {}  # when (loop time) ``links`` was read or set for it
+        self.unsure: set[Key] = set()  # the last sync of these left something undone
+        self.absent: set[Key] = set()  # names a get just found free (new_interface), for _create
+        self.shortcuts: Counter[str] = Counter()  # "unchanged", "created": calls that took a shortcut
         self._slots: RouteSlots | None = None  # built on first use, rebuilt by every full reconcile
 
     @property
@@ -142,6 +154,8 @@ class Syncer:
         """
         desired = self.m.desired
         current = desired.get(key)
+        free = current is None and key in self.absent
+        self.absent.discard(key)
         saved = SavePoint(
             key=key,
             iface=copy.deepcopy(current),
@@ -160,7 +174,10 @@ class Syncer:
             )
             await self.m.persist({key})
             released = {key[1]: why} if why and key not in desired.interfaces else None
-            await self.sync(key, saved.marks, delta=after - before, parts=parts, released=released)
+            if before == after and self._vouched(key):
+                self.shortcuts["unchanged"] += 1
+            elif not (free and await self._create(key, after)):
+                await self.sync(key, saved.marks, delta=after - before, parts=parts, released=released)
         except XfrmidError:
             self._restore(saved)
             self.slots.update(desired, key)
@@ -172,6 +189,71 @@ class Syncer:
             self.m.publish(key)
             raise
         self.m.publish(key)
+
+    # A change that adds and removes nothing in the kernel (another owner's Attach, the
+    # Detach of one of several owners whose objects all stay) needs no kernel work when
+    # the kernel is known to hold the interface as desired. Known means: the last sync
+    # left nothing undone (``unsure``), the link it saw (``links``) is the desired one,
+    # and the drift watcher, subscribed to the namespace since before that read, holds
+    # no unjudged event that may concern it (``Watcher.vouches``). Any drift since then
+    # was or will be seen by the watcher, which repairs it within about a second of the
+    # event (after this call releases the interface). A kernel read now would only
+    # narrow that race, not close it: the link can go the moment after the read just
+    # as well. Without a watcher (the core alone), the call reads the kernel as before.
+
+    def _vouched(self, key: Key) -> bool:
+        """The kernel holds ``key`` as desired, as far as a running drift watcher can tell."""
+        iface = self.m.desired.get(key)
+        state = self.links.get(key)
+        if iface is None or state is None or key in self.unsure or self.m.desired.retired.get(key):
+            return False
+        spec = iface.link_spec(self.m.settings.default_mtu)
+        if (state.owned != iface.owned or _link_differs(spec, state) is not None
+                or (spec.up and not state.up) or (iface.owned and spec.mtu is not None and spec.mtu != state.mtu)):
+            return False
+        since = self.seen_at.get(key)
+        for listener in self.m._listeners:
+            vouches = getattr(listener, "vouches", None)
+            if vouches is not None and vouches(key, state.ifindex, since):
+                return True
+        return False
+
+    async def _create(self, key: Key, after: frozenset[tuple]) -> bool:
+        """Create a fresh interface without reading the kernel first; False: use ``sync``.
+
+        Only for a name the kernel reported free just before (``absent``): the view is
+        then empty, so the plan creates the link and adds its objects. The create itself
+        explains a name taken meanwhile (EEXIST): a foreign identical link is returned
+        unowned and anything else raises; both go to the full path (``sync``), which
+        reads the kernel and adopts or raises Conflict exactly as without this shortcut.
+        """
+        netns, name = key
+        desired = self.m.desired
+        iface = desired.get(key)
+        if iface is None or not iface.owned or desired.retired.get(key) or len(desired.with_if_id(netns, iface.if_id)) != 1:
+            return False  # retired addresses to remove, or peer rules another interface may hold
+        scope = Scope(frozenset({name}), frozenset({iface.if_id}))
+        actions = plan_netns(self._input(netns, EMPTY_VIEW, scope))
+        if not actions or actions[0].op != "create_link" or any(a.op not in _CREATE_OPS for a in actions):
+            return False
+        self.unsure.add(key)  # until remembered below
+        try:
+            state = await run_action(self.m.kernel, actions[0])
+        except XfrmidError:
+            return False  # e.g. the name is taken after all: the full path reads and explains
+        if state is None or not state.owned:
+            return False  # a foreign identical link came meanwhile: the full path adopts it
+        log.info("%s%s", actions[0].detail, f" in netns {netns}" if netns else "")
+
+        def strict(action: Action) -> bool:
+            return _tag(action) in after
+
+        result = await apply(self.m.kernel, actions[1:], strict=strict)
+        result.done.insert(0, actions[0])
+        result.links[state.name] = state
+        self._remember(netns, {name}, EMPTY_VIEW, result)
+        self.shortcuts["created"] += 1
+        return True
 
     def _restore(self, saved: SavePoint) -> None:
         desired = self.m.desired
@@ -208,6 +290,7 @@ class Syncer:
             return must and (action.op in _LINK_OPS or _tag(action) in delta)
 
         done: list[Action] = []
+        self.unsure.add(key)  # until a pass is remembered: an error leaves it unsure
         for _ in range(MAX_PASSES):
             try:
                 # only this interface's link and objects: the cost does not grow with the namespace
@@ -313,13 +396,22 @@ class Syncer:
 
     def _remember(self, netns: str | None, names: set[str], view: KernelView, result: ApplyResult) -> None:
         deleted = {a.ifname for a in result.done if a.op == "delete_link"}
+        failed = {a.ifname for a, _ in result.failed}
+        now = asyncio.get_running_loop().time()
         for name in names:
             key = (netns, name)
             state = result.links.get(name) or (None if name in deleted else view.links.get(name))
             if state is None or key not in self.m.desired.interfaces:
                 self.links.pop(key, None)
+                self.seen_at.pop(key, None)
+                self.unsure.discard(key)
             else:
                 self.links[key] = state
+                self.seen_at[key] = now
+                if name in failed:
+                    self.unsure.add(key)
+                else:
+                    self.unsure.discard(key)
 
     def _report_repairs(self, netns: str | None, done: list[Action], seen: set[str]) -> None:
         """Repaired signals: for what was repaired, and links recreated after being ``seen``

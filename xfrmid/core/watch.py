@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from ..kernel.events import Event, Interest, ResyncEvent
+from ..kernel.events import AddressEvent, Event, Interest, LinkEvent, ResyncEvent
 from .drift import Managed, event_key
 from .views import InterfaceInfo
 
@@ -101,6 +101,10 @@ class Watcher:
         self._held: Counter[tuple[str | None, str]] = Counter()  # interfaces xfrmid is changing
         self._held_all = 0
         self._cost = 0.0  # seconds the last repair took
+        # loop time since when each namespace's monitor is subscribed; -inf for those
+        # start() subscribes (the daemon starts the watcher right after its reconcile)
+        self._since: dict[str | None, float] = {}
+        self._initial = True
         # counters
         self.events = 0  # events received from the monitors
         self.bursts = 0  # debounced batches judged
@@ -118,6 +122,7 @@ class Watcher:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="xfrmid-watch")
         await asyncio.gather(*(self._start_monitor(ns) for ns in self._wanted_netns()))
+        self._initial = False
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop monitors and the runner; a reconcile in progress gets ``timeout`` seconds."""
@@ -126,6 +131,7 @@ class Watcher:
             if handle is not None:
                 handle.cancel()
         self._timer = self._retry_handle = None
+        self._since.clear()
         runner, self._runner = self._runner, None
         if runner is not None:
             if self._busy:
@@ -152,6 +158,46 @@ class Watcher:
         """Wait until no events are pending and no reconcile runs (tests, benchmarks)."""
         while self._pending or self._overflow or self._busy or self._due.is_set() or self._retry:
             await asyncio.sleep(min(self.quiet, 0.02))
+
+    # Scanning more pending events than this to clear one interface costs more than a read.
+    VOUCH_SCAN = 64
+
+    def vouches(self, key: tuple[str | None, str], ifindex: int, since: float | None) -> bool:
+        """Whether drift of managed interface ``key`` since ``since`` (loop time of the
+        kernel state the caller holds, link ``ifindex``) would be in the watcher's hands.
+
+        True only while the namespace's monitor is subscribed and was before ``since``
+        (the monitors start() subscribes count as subscribed before the start-up
+        reconcile: the daemon starts the watcher right after it, before taking calls),
+        the watcher knows the interface by that ifindex (so a deletion of that link is
+        judged drift), no repair is waiting for a retry, and no pending event may
+        concern it: an event on another interface is fine; on it, or on a route, a
+        rule, or a lost stream in its namespace, is not. Events still in the socket
+        are a race no read closes (see ``Syncer._vouched``).
+        """
+        netns = key[0] or None
+        monitor = self._monitors.get(netns)
+        started = self._since.get(netns)
+        if not self._started or monitor is None or started is None or since is None or since < started:
+            return False
+        if not getattr(monitor, "running", True) or self._retry or self._overflow:
+            return False
+        info = self._managed.infos.get((netns, key[1]))
+        if info is None or info.ifindex != ifindex or ifindex <= 0:
+            return False
+        if not self._pending:
+            return True
+        if len(self._pending) > self.VOUCH_SCAN:
+            return False
+        for ev in self._pending.values():
+            if (ev.netns or None) != netns:
+                continue
+            if isinstance(ev, (LinkEvent, AddressEvent)):
+                target = self._managed.target(ev)
+                if target is not None and target != (netns, key[1]):
+                    continue
+            return False
+        return True
 
     def stats(self) -> dict[str, int]:
         return {
@@ -236,6 +282,7 @@ class Watcher:
         for netns in wanted - set(self._monitors):
             self._spawn(self._start_monitor(netns))
         for netns in set(self._monitors) - wanted:
+            self._since.pop(netns, None)
             monitor = self._monitors.pop(netns)
             self._spawn(monitor.close())
 
@@ -249,8 +296,11 @@ class Watcher:
             return
         monitor = self._factory(netns, self.feed, self._managed.interest_of(netns))
         self._monitors[netns] = monitor
+        initial = self._initial
         try:
             await monitor.start()
+            if self._monitors.get(netns) is monitor:
+                self._since[netns] = float("-inf") if initial else asyncio.get_running_loop().time()
         except Exception as exc:
             # a missing namespace is watched for; the monitor resyncs when it appears
             log.warning("cannot monitor netns %s yet: %s", _label(netns), exc)
