@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=int, default=cases.WINDOW,
                         help=f"calls in flight for create/delete (default {cases.WINDOW}; the system bus "
                              "allows 128 pending replies per connection)")
+    parser.add_argument("--startup-only", action="store_true",
+                        help="measure only the startup and memory rows (no latency, storm, create/delete)")
     parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
     return parser
 
@@ -102,6 +104,8 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
         log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing:.1f}s), phases {rows[-1]['phases']}; latency")
         rows.append(cases.memory_row(daemon, args.scale))
         save(rows, out)
+        if args.startup_only:
+            return
 
         async def rest(client):
             rows.append(await cases.latency(client, args.scale, args.samples))
@@ -146,7 +150,8 @@ def run(args) -> list[dict]:
             netns_add(ns)
         _scale_phase(args, bus, namespaces[0], work / "scale-state", rows, out)
         netns_del(namespaces[0])
-        _create_delete_phase(args, bus, namespaces[1], namespaces[2], work / "api-state", rows, out)
+        if not args.startup_only:
+            _create_delete_phase(args, bus, namespaces[1], namespaces[2], work / "api-state", rows, out)
     finally:
         bus.stop()
         for ns in namespaces:

@@ -20,11 +20,23 @@ few other names xfrmid uses) from their submodules. Any other public name runs
 the real ``__init__`` in that module then, so code asking for NDB or IPRoute
 still gets exactly what ``import pyroute2`` gives. If pyroute2 is already
 imported, nothing changes.
+
+Also deferred: pyroute2's traffic-control modules. ``pyroute2.netlink.rtnl.tcmsg``
+(reached through AsyncIPRoute's message table) imports its 22 qdisc and
+classifier plugins, which import some 15 more, only to list them in a dict
+for decoding tc messages, which xfrmid never sends nor receives. ``install()``
+puts a finder first on ``sys.meta_path`` that gives those modules (and only
+those) the standard library's ``importlib.util.LazyLoader``: each is found as
+usual but runs on its first attribute access, so any code that does use tc gets
+the real modules. In the test VM each module costs about half a second of
+start-up, so this is some 15 s of the daemon's.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -40,8 +52,33 @@ _LIGHT = {
 _MARK = "__xfrmid_lazy__"
 
 
+# modules run on first use only (see the module's docstring): the tc plugins
+_DEFERRED_UNDER = "pyroute2.netlink.rtnl.tcmsg."
+
+
+class _DeferredFinder(importlib.abc.MetaPathFinder):
+    """Finds the deferred modules as PathFinder does, with a LazyLoader around their loader."""
+
+    def find_spec(self, name, path, target=None):
+        if not name.startswith(_DEFERRED_UNDER):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module") \
+                and spec.submodule_search_locations is None:
+            spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
+def _defer_tc_plugins() -> None:
+    if "pyroute2.netlink.rtnl.tcmsg" in sys.modules:
+        return  # already loaded whole: nothing to save
+    if not any(isinstance(finder, _DeferredFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _DeferredFinder())
+
+
 def install() -> None:
     """Make ``pyroute2`` importable without its eager ``__init__`` (idempotent)."""
+    _defer_tc_plugins()
     if "pyroute2" in sys.modules:
         return
     spec = importlib.util.find_spec("pyroute2")

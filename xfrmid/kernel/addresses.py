@@ -54,6 +54,8 @@ def _parse(data: bytes, pos: int, end: int) -> tuple[int, str] | None:
     where_ = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
     if proto in _KERNEL_PROTOS or where_ is None:
         return None
+    if family == socket.AF_INET:  # inet_ntop's text is ipaddress's for IPv4 (and cheaper)
+        return index, f"{socket.inet_ntop(family, data[where_[0]:where_[1]])}/{plen}"
     ip = ipaddress.ip_address(data[where_[0]:where_[1]])
     if ip.version == 6 and ip.is_link_local and proto != XFRMID_PROTO:
         return None  # the kernel's own link-local address (untagged before 5.18)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -69,19 +70,27 @@ def kernel_version(release: str) -> tuple[int, int]:
 
 
 async def _modprobe() -> str:
-    """Try to load xfrm_interface; return "" or a short note of why not."""
+    """Try to load xfrm_interface; return "" or a short note of why not.
+
+    The process starts before the first await, so a caller that starts the probe
+    as a task and yields once has modprobe running while it goes on (the daemon
+    imports its bus and core modules meanwhile).
+    """
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "modprobe", "xfrm_interface",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+        proc = subprocess.Popen(
+            ["modprobe", "xfrm_interface"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
     except FileNotFoundError:
         return "modprobe is not installed"
-    except (OSError, asyncio.TimeoutError) as exc:
+    except OSError as exc:
         return f"could not run ({exc})"
+    try:
+        _, err = await asyncio.to_thread(proc.communicate, timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.communicate)
+        return "could not run (no answer within 20 s)"
     if proc.returncode == 0:
         return ""
     text = err.decode(errors="replace").strip()

@@ -100,8 +100,10 @@ def _parse(data: bytes, pos: int, end: int) -> tuple[RouteSpec, int] | None:
     attrs = nlattrs.pick(data, pos + 12, end, _ROUTE_ATTRS[family])
     dst = attrs.get(_RTA_DST) or ("::" if family == socket.AF_INET6 else "0.0.0.0")
     metric = attrs.get(_RTA_PRIORITY, 0)
+    # IPv4: inet_ntop's text is ipaddress's, and the kernel keeps no host bits in a
+    # route's destination; IPv6 text differs for v4-mapped forms: normalised there.
     spec = RouteSpec(
-        dst=ipaddress.ip_network(f"{dst}/{dst_len}").with_prefixlen,
+        dst=f"{dst}/{dst_len}" if family == socket.AF_INET else ipaddress.ip_network(f"{dst}/{dst_len}").with_prefixlen,
         dev="",
         table=attrs.get(_RTA_TABLE, table),
         src=attrs.get(_RTA_PREFSRC),
