@@ -135,7 +135,7 @@ class FakeKernel:
         ns.links[name] = state
         return state
 
-    async def delete_link(self, netns, name) -> None:
+    async def delete_link(self, netns, name, ifindex=None) -> None:
         self._op("delete_link", name)
         ns = self._ns(netns)
         if name not in ns.links:

@@ -275,7 +275,7 @@ async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
 
 async def test_round_trips_per_operation(kernel, netns, monkeypatch):
     """A create sends create, mark and one get (no dump); change and delete one get each."""
-    from xfrmid.kernel import links
+    from xfrmid.kernel import link_reaper, links
 
     sent = []
     real_request = links.request
@@ -289,6 +289,7 @@ async def test_round_trips_per_operation(kernel, netns, monkeypatch):
 
     await kernel.xfrm_links(netns)  # the namespace's socket, opened before counting
     monkeypatch.setattr(links, "request", counting)
+    monkeypatch.setattr(link_reaper, "request", counting)  # a delete alone: one plain RTM_DELLINK
     monkeypatch.setattr(links, "raw_dump", no_dump)
     state = await kernel.create_link(netns, LinkSpec(name="ipsec46", if_id=46, mtu=1400))
     assert len(sent) == 3 and state.owned and state.up and state.mtu == 1400

@@ -67,8 +67,12 @@ class Kernel:
     ) -> LinkState:
         return await _links.change_link(await self._ns.rtnl(netns), netns, name, mtu=mtu, up=up)
 
-    async def delete_link(self, netns: str | None, name: str) -> None:
-        await _links.delete_link(await self._ns.rtnl(netns), netns, name)
+    async def delete_link(self, netns: str | None, name: str, ifindex: int | None = None) -> None:
+        """Delete one xfrm link; ``ifindex`` (from a state just read) saves the kind check's get.
+
+        Concurrent deletions in one namespace cost the kernel one unregister batch.
+        """
+        await _links.delete_link(await self._ns.rtnl(netns), netns, name, ifindex)
 
     # addresses
     async def addresses(self, netns: str | None, ifname: str, ifindex: int | None = None) -> set[str]:

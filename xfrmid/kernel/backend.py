@@ -26,7 +26,9 @@ class KernelBackend(Protocol):
     async def change_link(
         self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None
     ) -> LinkState: ...
-    async def delete_link(self, netns: str | None, name: str) -> None: ...
+    async def delete_link(
+        self, netns: str | None, name: str, ifindex: int | None = None
+    ) -> None: ...  # ``ifindex`` from a LinkState just read saves a lookup
 
     # addresses (normalised "addr/prefix" strings): of one interface (``ifindex``, when
     # the caller knows it, saves a lookup), or of all interfaces by ifindex in one dump

@@ -28,7 +28,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 
-from .objects import MAIN_TABLE, XFRMID_LINK_GROUP, XFRMID_PROTO
+from .objects import MAIN_TABLE, XFRMID_LINK_GROUPS, XFRMID_PROTO
 
 # message types (linux/rtnetlink.h, linux/netlink.h)
 NLMSG_ERROR = 2
@@ -79,8 +79,8 @@ class LinkEvent:
 
     @property
     def marked(self) -> bool:
-        """Carries xfrmid's link group: xfrmid created it."""
-        return self.group == XFRMID_LINK_GROUP
+        """Carries one of xfrmid's link groups (made by it, or being deleted by it)."""
+        return self.group in XFRMID_LINK_GROUPS
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 Links xfrmid creates carry two markers: IFLA_GROUP = XFRMID_LINK_GROUP and
 IFLA_IFALIAS = XFRMID_ALIAS. ``owned`` is true only when both are present,
 so a link someone else made (``ip link add ... type xfrm``) is adopted, never
-mistaken for ours. A create goes straight to the kernel (no dump first):
+mistaken for ours. (A link of ours caught by a crash half-way through its
+deletion sits in XFRMID_DELETING_GROUP, alias kept: still ours, see
+link_reaper.py, which deletes concurrent requests as one batch.) A create goes straight to the kernel (no dump first):
 xfrmi_newlink answers EEXIST for a used name, a used if_id or a second
 external link, and only then does ``create_link`` look (a get by name, or
 one dump) to name the holder in a Conflict, or to return an identical link.
@@ -15,10 +17,11 @@ links costs many times the kernel's own work.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWLINK
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
 from ..errors import Conflict, InvalidArgument, NotFound
@@ -28,7 +31,8 @@ from .events import _IFINFO, IFLA_GROUP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKI
 from .events import OPERSTATES, _walk
 from .namespace import F_CREATE, F_REQ, raw_dump, request, where
 from .nlerrors import NO_XFRM_KIND, code_of, translate
-from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, LinkSpec, LinkState
+from .link_reaper import reaper_of
+from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, XFRMID_LINK_GROUPS, LinkSpec, LinkState
 
 KIND = xfrm_kind.XFRM
 IFLA_IFALIAS = 20
@@ -45,15 +49,33 @@ def _kind_of(msg) -> tuple[str | None, object]:
     return info.get_attr("IFLA_INFO_KIND"), info.get_attr("IFLA_INFO_DATA")
 
 
+GETS_IN_FLIGHT = 64
+
+
+def _gets_in_flight(ipr) -> asyncio.Semaphore:
+    """Bounds the gets awaiting answers on one socket: a reply the kernel cannot queue
+    (the receive buffer full of a thousand concurrent callers' answers) is lost, and
+    its caller would wait forever."""
+    sem = getattr(ipr, "_xfrmid_gets", None)
+    if sem is None:
+        sem = asyncio.Semaphore(GETS_IN_FLIGHT)
+        ipr._xfrmid_gets = sem
+    return sem
+
+
 async def get_msg(ipr, name: str | None = None, index: int | None = None):
     """The RTM_NEWLINK message of one device, or None if it does not exist."""
     msg = ifinfmsg()
+    # no statistics: smaller replies, so many gets in flight fit the socket's buffer
+    attrs = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
     if index is not None:
         msg["index"] = index
     else:
-        msg["attrs"] = [("IFLA_IFNAME", name)]
+        attrs.insert(0, ("IFLA_IFNAME", name))
+    msg["attrs"] = attrs
     try:
-        replies = await request(ipr, msg, RTM_GETLINK)
+        async with _gets_in_flight(ipr):
+            replies = await request(ipr, msg, RTM_GETLINK)
     except NetlinkError as exc:
         if code_of(exc) in (19, 2):  # ENODEV, ENOENT
             return None
@@ -114,7 +136,7 @@ def _state(msg, names: dict[int, str]) -> LinkState | None:
         up=bool(msg["flags"] & IFF_UP),
         operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
         external=parsed.external,
-        owned=msg.get_attr("IFLA_GROUP") == XFRMID_LINK_GROUP
+        owned=msg.get_attr("IFLA_GROUP") in XFRMID_LINK_GROUPS
         and msg.get_attr("IFLA_IFALIAS") == XFRMID_ALIAS,
     )
 
@@ -170,7 +192,7 @@ def _raw_state(data: bytes, pos: int, end: int) -> tuple[LinkState, int] | None:
         up=bool(flags & IFF_UP),
         operstate=_OPERSTATES[oper] if oper < len(_OPERSTATES) else "UNKNOWN",
         external=xfrm.get(xfrm_kind.IFLA_XFRM_COLLECT_METADATA, False),
-        owned=attrs.get(IFLA_GROUP) == XFRMID_LINK_GROUP and attrs.get(IFLA_IFALIAS) == XFRMID_ALIAS,
+        owned=attrs.get(IFLA_GROUP) in XFRMID_LINK_GROUPS and attrs.get(IFLA_IFALIAS) == XFRMID_ALIAS,
     )
     return state, xfrm.get(IFLA_XFRM_LINK, 0)
 
@@ -371,20 +393,23 @@ async def change_link(
     )
 
 
-async def delete_link(ipr, netns: str | None, name: str) -> None:
-    """Delete an xfrm link (NotFound if missing; refuses other kinds)."""
+async def delete_link(ipr, netns: str | None, name: str, ifindex: int | None = None) -> None:
+    """Delete an xfrm link (NotFound if missing; refuses other kinds).
+
+    ``ifindex``: the link's index from a state read just before (an xfrm link's
+    ifindex never passes to another device of the namespace), which saves the
+    get that checks the kind. Concurrent deletions in one namespace are deleted
+    together, in one unregister batch (link_reaper.py).
+    """
     check_ifname(name)
-    found = await get_msg(ipr, name=name)
-    if found is None:
-        raise NotFound(f"Interface {name!r} does not exist{where(netns)}.")
-    kind, _ = _kind_of(found)
-    if kind != KIND.name:
-        raise InvalidArgument(f"Interface {name!r}{where(netns)} is {_a(kind)}, not an xfrm interface.")
-    msg = ifinfmsg()
-    msg["index"] = found["index"]
-    try:
-        await request(ipr, msg, RTM_DELLINK, F_REQ)
-    except NetlinkError as exc:
-        if code_of(exc) == 19:  # ENODEV: someone deleted it meanwhile
-            raise NotFound(f"Interface {name!r} does not exist{where(netns)}.") from None
-        raise translate(exc, f"Deleting interface {name!r}{where(netns)}") from None
+    group = XFRMID_LINK_GROUP
+    if ifindex is None:
+        found = await get_msg(ipr, name=name)
+        if found is None:
+            raise NotFound(f"Interface {name!r} does not exist{where(netns)}.")
+        kind, _ = _kind_of(found)
+        if kind != KIND.name:
+            raise InvalidArgument(f"Interface {name!r}{where(netns)} is {_a(kind)}, not an xfrm interface.")
+        ifindex = found["index"]
+        group = found.get_attr("IFLA_GROUP") or 0
+    await reaper_of(ipr, netns).delete(name, ifindex, group)

@@ -14,6 +14,14 @@ MAIN_TABLE = 254
 XFRMID_PROTO = 120  # rtm_protocol / FRA_PROTOCOL; 'x' in ASCII; named in rt_protos.d
 XFRMID_LINK_GROUP = 120  # IFLA_GROUP of links xfrmid created (bulk listing/deletion)
 XFRMID_ALIAS = "xfrmid"  # IFLA_IFALIAS of links xfrmid created
+# IFLA_GROUP of links xfrmid is deleting: moved here one by one, then removed
+# with one group RTM_DELLINK (one unregister batch; see kernel/link_reaper.py).
+# 0x7864656C is "xdel" in ASCII: no administrator picks it by accident, and it
+# stays below 2**31 so iproute2 prints it as the same positive number.
+XFRMID_DELETING_GROUP = 0x7864656C
+# A link is xfrmid's own when it carries the alias and one of these groups, so
+# one a crash left in the deleting group is a leftover the reconcile removes.
+XFRMID_LINK_GROUPS = frozenset({XFRMID_LINK_GROUP, XFRMID_DELETING_GROUP})
 
 
 @dataclass(frozen=True, slots=True)
