@@ -167,8 +167,11 @@ async def apply(
         result.done.append(action)
         if state is not None:
             result.links[state.name] = state
-        if action.category is not None:
-            log.info(
-                "%s%s", action.detail, f" in netns {action.netns}" if action.netns else "", extra=_fields(action)
-            )
+        log_done(action)
     return result
+
+
+def log_done(action: Action) -> None:
+    """Log an action done that changed something, with its journal fields."""
+    if action.category is not None:
+        log.info("%s%s", action.detail, f" in netns {action.netns}" if action.netns else "", extra=_fields(action))

@@ -106,7 +106,7 @@ def rule_key(rule: RuleSpec) -> tuple:
     return (rule.priority, rule.table, rule.family, dst, rule.src, rule.fwmark, mask, rule.invert)
 
 
-def _link_differs(spec: LinkSpec, have: LinkState) -> str | None:
+def link_differs(spec: LinkSpec, have: LinkState) -> str | None:
     """What the kernel cannot change in place, or None."""
     if have.external != spec.external:
         return f"external {have.external} instead of {spec.external}"
@@ -165,7 +165,7 @@ def plan_netns(inp: PlanInput) -> list[Action]:
             add("create_link", d.name, "created", f"created interface {d.name}", link=spec)
             status[d.name] = "new"
             continue
-        differs = _link_differs(spec, have)
+        differs = link_differs(spec, have)
         if not have.owned:
             if differs is not None:
                 add("conflict", d.name, None, f"existing interface {d.name} not created by xfrmid has {differs}")

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import Conflict, NotFound, XfrmidError
 from ..kernel.objects import LinkState
-from .apply import ApplyResult, apply, run_action, snapshot
+from .apply import ApplyResult, apply, log_done, run_action, snapshot
 from .desired import DesiredInterface, Key
 from .info import peer_policy
-from .plan import Action, KernelView, PlanInput, Scope, _link_differs, plan_netns, rule_key, summarise
+from .plan import Action, KernelView, PlanInput, Scope, link_differs, plan_netns, rule_key, summarise
 from .route_slots import RouteSlots
 from .routes_policy import PeerPolicy, route_key
 
@@ -208,7 +208,7 @@ class Syncer:
         if iface is None or state is None or key in self.unsure or self.m.desired.retired.get(key):
             return False
         spec = iface.link_spec(self.m.settings.default_mtu)
-        if (state.owned != iface.owned or _link_differs(spec, state) is not None
+        if (state.owned != iface.owned or link_differs(spec, state) is not None
                 or (spec.up and not state.up) or (iface.owned and spec.mtu is not None and spec.mtu != state.mtu)):
             return False
         since = self.seen_at.get(key)
@@ -243,7 +243,7 @@ class Syncer:
             return False  # e.g. the name is taken after all: the full path reads and explains
         if state is None or not state.owned:
             return False  # a foreign identical link came meanwhile: the full path adopts it
-        log.info("%s%s", actions[0].detail, f" in netns {netns}" if netns else "")
+        log_done(actions[0])
 
         def strict(action: Action) -> bool:
             return _tag(action) in after
