@@ -204,7 +204,9 @@ def start_daemon(bus: PrivateBus, netns: str, state_dir: Path, *, timeout: float
                "-r", "50", "--nonblocking", "--"] + cmd
     env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
     env["NOTIFY_SOCKET"] = notify.path
-    env["PYTHONPATH"] = str(TOP)
+    # TOP first, then what the environment had (in the test VM: the Python libraries
+    # on tmpfs, which an installed daemon would read from a local disk)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TOP), os.environ.get("PYTHONPATH")) if p)
     started = time.monotonic()
     proc = subprocess.Popen(["ip", "netns", "exec", netns] + cmd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=TOP, env=env)
