@@ -65,6 +65,15 @@ class Owner:
             routes={RouteRequest.from_json(r) for r in data.get("routes", ())},
         )
 
+    def copy(self) -> "Owner":
+        """Independent sets; their items (strings, frozen RouteRequests) are shared."""
+        return Owner(self.name, self.caller, set(self.addresses), set(self.routes))
+
+
+def _own(items: set[str] | frozenset[str]) -> set[str] | frozenset[str]:
+    """A copy of a set that may be changed in place; an immutable one is shared."""
+    return items if isinstance(items, frozenset) else set(items)
+
 
 @dataclass
 class DesiredInterface:
@@ -138,6 +147,28 @@ class DesiredInterface:
         result = (frozenset(routes), frozenset(rules))
         self._expanded = ((mask, peer, requests), result)
         return result
+
+    def copy(self) -> "DesiredInterface":
+        """A copy no mutation of this one reaches (a call's save point): every container is
+        copied, the immutable items in them shared. copy.deepcopy did the same in a
+        quarter of an Attach's CPU, most of it walking the immutable ``_expanded`` cache."""
+        return DesiredInterface(
+            netns=self.netns,
+            name=self.name,
+            if_id=self.if_id,
+            link=self.link,
+            mtu=self.mtu,
+            external=self.external,
+            owned=self.owned,
+            explicit=self.explicit,
+            static=self.static,
+            owners={name: owner.copy() for name, owner in self.owners.items()},
+            created_addresses=_own(self.created_addresses),
+            static_addresses=_own(self.static_addresses),
+            preexisting=_own(self.preexisting),
+            linger_until=self.linger_until,
+            _expanded=self._expanded,
+        )
 
     def to_json(self) -> dict:
         data: dict = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..errors import InvalidArgument
 from ..kernel.objects import LinkState
 from ..naming import output_mark
@@ -19,7 +21,14 @@ def where(netns: str | None) -> str:
 
 
 def peer_policy(settings: Settings) -> PeerPolicy:
-    return PeerPolicy(table=settings.peer_table, priority=settings.peer_rule_priority)
+    return _peer_policy(settings.peer_table, settings.peer_rule_priority)
+
+
+@lru_cache(maxsize=4)
+def _peer_policy(table: int, priority: int) -> PeerPolicy:
+    # one object per setting: asked several times per call, and kernel_routes' cache
+    # compares it (identity first)
+    return PeerPolicy(table=table, priority=priority)
 
 
 def build_info(iface: DesiredInterface, link: LinkState | None, settings: Settings) -> InterfaceInfo:

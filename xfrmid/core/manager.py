@@ -147,6 +147,11 @@ class Manager:
     def info(self, key: Key) -> InterfaceInfo:
         return build_info(self.desired.interfaces[key], self._sync.links.get(key), self.settings)
 
+    def view(self, key: Key) -> InterfaceInfo:
+        """``info(key)`` right after a change of ``key``, which published it (not built again)."""
+        published = self._published.get(key)
+        return published if published is not None else self.info(key)
+
     def bound_callers(self) -> set[str]:
         """Bus unique names holding bind_to_caller references (check them after a restart)."""
         return {
@@ -211,7 +216,7 @@ class Manager:
                 self._linger.cancel(key)
 
             await self._sync.change(key, change)
-            return self.info(key)
+            return self.view(key)
 
     async def delete_interface(self, name: str, *, netns: str | None = None, force: bool = False) -> None:
         """Delete an interface xfrmid created. NotOwned if adopted, Busy while owners are attached unless force."""
@@ -259,7 +264,7 @@ class Manager:
                 self._linger.cancel(key)
 
             await self._sync.change(key, change)
-            info = self.info(key)
+            info = self.view(key)
             return AttachResult(info=info, if_id=info.if_id, mark=info.mark, mask=info.mask)
 
     async def detach(self, name: str, owner: str, *, netns: str | None = None) -> bool:

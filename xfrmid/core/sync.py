@@ -19,7 +19,6 @@ the kernel just reported free is created without a read before.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -136,9 +135,12 @@ class Syncer:
         iface = self.m.desired.get(key)
         if iface is None:
             return frozenset()
-        routes, rules = iface.kernel_routes(self.m.settings.name_policy.mark_mask, self.peer)
+        settings = self.m.settings
+        routes, rules = iface.kernel_routes(settings.name_policy.mark_mask, self.peer)
+        mtu = iface.mtu if iface.mtu is not None else settings.default_mtu
+        # the link's fields as link_spec() takes them (a plain tuple: built twice per call)
         return frozenset(
-            {("link", iface.link_spec(self.m.settings.default_mtu), iface.owned)}
+            {("link", iface.name, iface.if_id, iface.link, mtu, iface.external, iface.owned)}
             | {("address", a) for a in iface.addresses()}
             | {("route", route_key(r)) for r in routes}
             | {("rule", rule_key(q)) for q in rules}
@@ -156,10 +158,11 @@ class Syncer:
         current = desired.get(key)
         free = current is None and key in self.absent
         self.absent.discard(key)
+        retired = desired.retired.get(key)
         saved = SavePoint(
             key=key,
-            iface=copy.deepcopy(current),
-            retired=copy.deepcopy(desired.retired.get(key)),
+            iface=None if current is None else current.copy(),
+            retired=None if retired is None else set(retired),
             marks=frozenset({current.if_id} if current else ()),
         )
         before = self.objects(key)
