@@ -8,7 +8,7 @@ from ..errors import Conflict, InvalidArgument, KernelUnsupported, NotFound
 from ..naming import check_ifname, check_unique, derived_if_id, resolve
 from ..settings import Settings, StaticInterface
 from ..validate import check_netns, parse_interface_cidr
-from .desired import DesiredInterface, DesiredState
+from .desired import NO_ADDRESSES, DesiredInterface, DesiredState
 from .info import where
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def check_static(static: StaticInterface, settings: Settings) -> DesiredInterfac
         mtu=check_mtu(static.mtu, ident.name),
         external=bool(static.external),
         static=True,
-        static_addresses={parse_interface_cidr(a) for a in static.addresses},
+        static_addresses=frozenset(parse_interface_cidr(a) for a in static.addresses) or NO_ADDRESSES,
     )
 
 
@@ -130,7 +130,7 @@ def merge_static(desired: DesiredState, settings: Settings) -> None:
     for key, iface in list(desired.interfaces.items()):
         if iface.static and key not in wanted:
             dropped = iface.static_addresses
-            iface.static, iface.static_addresses = False, set()
+            iface.static, iface.static_addresses = False, NO_ADDRESSES
             desired.retire(iface, dropped)
             if not iface.wanted:
                 desired.drop(key)

@@ -25,9 +25,10 @@ from ..validate import family_of, parse_address, parse_network
 
 # Tables the kernel reserves: 0 is "unspecified", 253 "default", 255 "local".
 _RESERVED_TABLES = {0: "unspecified", 253: "default", 255: "local"}
+_REQUEST_FIELDS = ("destination", "table", "src", "metric", "peer")  # RouteRequest's, in JSON order
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteRequest:
     """One route as an owner asked for it (normalised), before expansion."""
 
@@ -38,7 +39,7 @@ class RouteRequest:
     peer: str | None = None
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k in _REQUEST_FIELDS if (v := getattr(self, k)) is not None}
 
     def sort_key(self) -> tuple:
         """A total order: unset options sort first (tuple order fails on None)."""
@@ -52,7 +53,7 @@ class RouteRequest:
 
     @classmethod
     def from_json(cls, data: dict) -> "RouteRequest":
-        return cls(**{k: data.get(k) for k in ("destination", "table", "src", "metric", "peer")})
+        return cls(**{k: data.get(k) for k in _REQUEST_FIELDS})
 
     def matches(self, other: "RouteRequest") -> bool:
         """True when ``other`` (a removal pattern) selects this request: None options are wildcards."""
