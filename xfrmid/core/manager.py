@@ -77,6 +77,9 @@ class Manager:
         self.features = await self.kernel.features()
         data = self.store.load()
         self.desired = DesiredState.from_json(data) if data else DesiredState()
+        # The file's parsed tree (kilobytes per interface) freed now, not after the
+        # reconcile: what the reconcile keeps then reuses its memory (RSS, issue 6).
+        del data
         self._apply_static(self.settings)
         now = time.time()
         for iface in list(self.desired.interfaces.values()):
