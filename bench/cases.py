@@ -105,6 +105,8 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
     bulk_delete = ip_batch(base_ns, [f"link set dev {name} group 121" for name in names(n)] + ["link del group 121"])
     if xfrm_count(base_ns):
         raise RuntimeError(f"link del group 121 left {xfrm_count(base_ns)} links in {base_ns}")
+    # what the bus alone costs: n Properties.Get through the same pipeline (no kernel work)
+    bus_floor, _ = await pipelined([lambda: get_version(client) for _ in range(n)], 0, window)
     took_create, created = await pipelined([lambda nm=nm: client.create_interface(nm) for nm in names(n)],
                                            deadline, window)
     if xfrm_count(xfrmid_ns) != created:
@@ -125,6 +127,7 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
         row("create", took_create if created == n else None, base_create, n, 1.5,
             baseline_tool="ip -batch (link add group 120 + link set alias xfrmid up)",
             kernel_floor_s=_r(floor_create), kernel_floor_tool="ip -batch (bare link add type xfrm)",
+            bus_floor_s=_r(bus_floor), bus_floor_tool=f"{n} Properties.Get, {window} in flight",
             **explained(took_create, created, base_create)),
         row("delete", took_delete if created == n and deleted == n else None, base_delete, n, 1.0,
             baseline_tool="ip -batch (link del)", kernel_bulk_s=_r(bulk_delete),

@@ -125,13 +125,15 @@ class FakeKernel:
         ns.addresses[spec.name] = set()
         return state
 
-    async def change_link(self, netns, name, *, mtu=None, up=None) -> LinkState:
-        self._op("change_link", (name, mtu, up))
+    async def change_link(self, netns, name, *, mtu=None, up=None, mark=False) -> LinkState:
+        self._op("change_link", (name, mtu, up, "mark") if mark else (name, mtu, up))
         ns = self._ns(netns)
         if name not in ns.links:
             raise NotFound(f"Interface {name!r} does not exist.")
         state = ns.links[name]
         state = replace(state, mtu=mtu if mtu is not None else state.mtu, up=up if up is not None else state.up)
+        if mark:
+            state = replace(state, owned=True, unmarked=False)
         ns.links[name] = state
         return state
 

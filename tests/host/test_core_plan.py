@@ -137,6 +137,21 @@ def test_adopt_identical_foreign_link():
     assert summarise(actions)["adopted"] == 1
 
 
+def test_create_cut_short_is_finished_not_adopted():
+    # in xfrmid's group without its alias, down: the first of a create's two requests only
+    half = LinkState(name="ipsec3", if_id=3, ifindex=103, link=None, mtu=1500, up=False, operstate="DOWN",
+                     external=False, owned=False, unmarked=True)
+    d = iface("ipsec3", 3, owners={"a": (["192.0.2.1/24"], [])})
+    actions = plan([d], view([half]))
+    assert ops(actions) == [("change_link", "ipsec3"), ("add_address", "ipsec3")]
+    assert actions[0].mark and actions[0].up is True and actions[0].category == "repaired"
+    # the state file does not say it is ours (adopted before): still someone else's
+    d.owned = False
+    assert ops(plan([d], view([half]))) == [("add_address", "ipsec3")]
+    # another if_id: not ours either way
+    assert ops(plan([iface("ipsec3", 4)], view([half]))) == [("conflict", "ipsec3")]
+
+
 def test_retired_addresses_removed_foreign_kept():
     d = iface("ipsec1", 1, owners={"a": (["192.0.2.1/24"], [])})
     k = view([link("ipsec1", 1)], {"ipsec1": frozenset({"192.0.2.1/24", "192.0.2.2/24", "198.51.100.1/24"})})

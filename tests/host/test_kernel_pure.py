@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
@@ -11,8 +12,9 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from xfrmid.errors import Conflict, Failed, InvalidArgument, KernelUnsupported, NotFound
 from xfrmid.kernel import routes, rules, xfrm_kind
+from xfrmid.kernel.links import _create_message
 from xfrmid.kernel.nlerrors import translate
-from xfrmid.kernel.objects import LinkSpec, RouteSpec, RuleSpec
+from xfrmid.kernel.objects import XFRMID_LINK_GROUP, LinkSpec, RouteSpec, RuleSpec
 
 
 @pytest.mark.parametrize(
@@ -34,27 +36,44 @@ def test_errno_translation(code, cls, words):
     assert str(err).endswith(".") and "\n" not in str(err)
 
 
-def test_plugin_encodes_and_decodes_collect_metadata():
+def _pyroute2_create(name, data_attrs, mtu=None):
     msg = ifinfmsg()
-    msg["attrs"] = [
-        ("IFLA_IFNAME", "ipsec9"),
-        ("IFLA_LINKINFO", {"attrs": [
-            ("IFLA_INFO_KIND", "xfrm"),
-            ("IFLA_INFO_DATA", {"attrs": xfrm_kind.fill_create(LinkSpec("ipsec9", 9, external=True), 0)}),
-        ]}),
+    attrs = [("IFLA_IFNAME", name)]
+    if mtu is not None:
+        attrs.append(("IFLA_MTU", mtu))
+    attrs += [
+        ("IFLA_GROUP", XFRMID_LINK_GROUP),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "xfrm"), ("IFLA_INFO_DATA", {"attrs": data_attrs})]}),
     ]
+    msg["attrs"] = attrs
     msg.encode()
-    # attribute 3 inside IFLA_INFO_DATA, zero length: 4-byte header, type 3
-    assert bytes([4, 0, xfrm_kind.IFLA_XFRM_COLLECT_METADATA, 0]) in msg.data
-    back = ifinfmsg(msg.data)
+    return msg.data[16:]  # without the nlmsghdr
+
+
+@pytest.mark.parametrize("spec,link_index,named", [
+    (LinkSpec("ipsec9", 9, external=True), 0, [("IFLA_XFRM_COLLECT_METADATA", True)]),
+    (LinkSpec("ipsec5", 5), 7, [("IFLA_XFRM_IF_ID", 5), ("IFLA_XFRM_LINK", 7)]),
+    (LinkSpec("ipsec5", 5, mtu=1400), 0, [("IFLA_XFRM_IF_ID", 5)]),
+])
+def test_create_message_is_what_pyroute2_encodes(spec, link_index, named):
+    """The raw create request (rawnl) is pyroute2's but for NLA_F_NESTED (set, as iproute2
+    does), and decodes with the plugin."""
+    ours = _create_message(spec, link_index)
+    theirs = bytes(_pyroute2_create(spec.name, named, spec.mtu))
+    assert len(ours) == len(theirs)
+    back = ifinfmsg(struct.pack("=IHHII", 16 + len(ours), 16, 0, 0, 0) + ours)
     back.decode()
+    assert back.get_attr("IFLA_IFNAME") == spec.name and back.get_attr("IFLA_GROUP") == XFRMID_LINK_GROUP
+    assert back.get_attr("IFLA_MTU") == spec.mtu
     data = back.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-    assert xfrm_kind.parse(data) == xfrm_kind.KindState(if_id=0, link_index=0, external=True)
+    assert xfrm_kind.parse(data) == xfrm_kind.KindState(
+        if_id=0 if spec.external else spec.if_id, link_index=link_index, external=spec.external)
 
 
-def test_plugin_normal_link_data():
-    assert xfrm_kind.fill_create(LinkSpec("ipsec5", 5), 7) == [("IFLA_XFRM_IF_ID", 5), ("IFLA_XFRM_LINK", 7)]
-    assert xfrm_kind.fill_create(LinkSpec("ipsec5", 5), 0) == [("IFLA_XFRM_IF_ID", 5)]
+def test_collect_metadata_is_a_zero_length_attribute():
+    # attribute 3 inside IFLA_INFO_DATA, zero length: 4-byte header, type 3
+    assert xfrm_kind.fill_create(LinkSpec("ipsec9", 9, external=True), 0) == bytes(
+        [4, 0, xfrm_kind.IFLA_XFRM_COLLECT_METADATA, 0])
 
 
 def test_verify_rejects_what_the_kernel_would():

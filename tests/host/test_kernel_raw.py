@@ -123,10 +123,10 @@ def _encoded_link(index: int, name: str, flags: int, attrs: list, info: list | N
     ([("IFLA_MTU", 1500)], None, None),
 ])
 def test_raw_link_parse(attrs, info, expected):
-    from xfrmid.kernel.links import _raw_state
+    from xfrmid.kernel.link_msgs import xfrm_state
 
     data = _encoded_link(9, "ipsec7", 1, attrs, info)
-    parsed = _raw_state(data, 16, len(data))
+    parsed = xfrm_state(data, 16, len(data))
     if expected is None:
         assert parsed is None
         return

@@ -11,7 +11,8 @@ import asyncio
 import pytest
 
 from xfrmid.errors import Busy, NotFound
-from xfrmid.kernel import link_reaper
+from xfrmid.kernel import link_reaper, nlattrs
+from xfrmid.kernel.events import _IFINFO, IFLA_GROUP
 from xfrmid.kernel.link_reaper import LinkReaper
 from xfrmid.kernel.objects import XFRMID_DELETING_GROUP, XFRMID_LINK_GROUP
 from pyroute2.netlink.exceptions import NetlinkError
@@ -28,10 +29,11 @@ class ScriptedRtnl:
         self.busy: set[int] = set()  # deleting these fails with EBUSY
         self.group_fails = False
 
-    async def request(self, ipr, msg, msg_type, flags=0):
+    async def transact(self, ipr, msg_type, body, flags=0, slow=False):
         await asyncio.sleep(0)
-        attrs = dict(msg.get("attrs") or [])
-        index = msg.get("index") or 0
+        index = _IFINFO.unpack_from(body, 0)[2]
+        attrs = {"IFLA_GROUP": g} if (g := nlattrs.pick(body, 16, len(body), {IFLA_GROUP: nlattrs.u32}).get(
+            IFLA_GROUP)) is not None else {}
         if msg_type == link_reaper.RTM_NEWLINK:
             self.sent.append(("move", attrs["IFLA_GROUP"]))
             if index not in self.links:
@@ -58,7 +60,7 @@ class ScriptedRtnl:
 @pytest.fixture
 def rtnl(monkeypatch):
     scripted = ScriptedRtnl(50)
-    monkeypatch.setattr(link_reaper, "request", scripted.request)
+    monkeypatch.setattr(link_reaper.rawnl, "transact", scripted.transact)
     return scripted
 
 

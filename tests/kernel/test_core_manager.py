@@ -199,3 +199,34 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
                for r in ip("rule", "show", netns=netns))
     assert await m3.reconcile() == ZERO
     await m3.stop()
+
+
+async def test_create_cut_short_by_a_crash_is_finished_not_adopted(kernel, settings, netns):
+    """A crash between a create's two requests leaves the link in xfrmid's group without its
+    alias, down. The state file promised an interface of ours: the restart finishes the
+    create (alias, up) instead of adopting the link as someone else's, which would leak it."""
+    m1 = Manager(kernel, settings)
+    await m1.start()
+    await m1.attach("ipsec14", "a", netns=netns)
+    await m1.create_interface("ipsec15", netns=netns)
+    # someone else's link in xfrmid's group, which the state file does not claim as ours
+    ip_run("link", "add", "ipsec16", "group", "120", "type", "xfrm", "if_id", "16", netns=netns)
+    await m1.create_interface("ipsec16", 16, netns=netns)  # adopted: not ours
+    await m1.stop()
+    # what the kernel holds after such a crash (the link made by the first request only)
+    ip_run("link", "del", "ipsec14", netns=netns)
+    ip_run("link", "add", "ipsec14", "group", "120", "type", "xfrm", "if_id", "14", netns=netns)
+
+    m2 = Manager(kernel, settings)
+    counts = await m2.start()
+    assert counts["repaired"] == 1 and counts["adopted"] == 0
+    link = link_json("ipsec14", netns)
+    assert link.get("ifalias") == "xfrmid" and "UP" in link["flags"]
+    assert m2.get("ipsec14", netns).owned and not m2.get("ipsec16", netns).owned
+    assert link_json("ipsec16", netns).get("ifalias") is None
+    await m2.detach("ipsec14", "a", netns=netns)
+    await m2.delete_interface("ipsec15", netns=netns)
+    assert not link_exists("ipsec14", netns) and not link_exists("ipsec15", netns)
+    assert link_exists("ipsec16", netns)  # foreign: never deleted
+    assert await m2.reconcile() == ZERO
+    await m2.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from types import SimpleNamespace
 
 from xfrmid.core.manager import Manager
 from xfrmid.errors import InvalidArgument, NotFound
@@ -34,13 +35,15 @@ async def test_concurrent_deletes_are_one_batch(kernel, netns, monkeypatch):
     ip_run("link", "add", "fv0", "type", "veth", "peer", "name", "fv1", netns=netns)
     ip_run("link", "add", "fx", "group", str(XFRMID_LINK_GROUP), "type", "xfrm", "if_id", "7", netns=netns)
     sent = []
-    real_request = link_reaper.request
+    real = link_reaper.rawnl
 
-    async def counting(ipr, msg, msg_type, flags=link_reaper.F_REQ):
+    async def counting(ipr, msg_type, body, flags=real.F_REQ, **kw):
         sent.append(msg_type)
-        return await real_request(ipr, msg, msg_type, flags)
+        return await real.transact(ipr, msg_type, body, flags, **kw)
 
-    monkeypatch.setattr(link_reaper, "request", counting)
+    # the reaper's requests only (the gets of delete_link go through rawnl too)
+    monkeypatch.setattr(link_reaper, "rawnl", SimpleNamespace(
+        ifinfo=real.ifinfo, link_attrs=real.link_attrs, transact=counting))
     names = [f"xr{i}" for i in range(MANY)]
     results = await asyncio.wait_for(asyncio.gather(
         *(kernel.delete_link(netns, name) for name in names[:100]),

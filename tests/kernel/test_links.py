@@ -253,9 +253,11 @@ async def test_concurrent_identical_creates_agree(kernel, netns):
 
 async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
     from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-    from xfrmid.kernel import links
+    from xfrmid.kernel import links, xfrm_kind
     from xfrmid.kernel.namespace import dump
+    from xfrmid.kernel.objects import LinkState
 
     ip_run("link", "add", "eth42", "type", "veth", "peer", "name", "eth42p", netns=netns)
     await kernel.create_link(netns, LinkSpec(name="ipsec42", if_id=42, link="eth42", mtu=1300))
@@ -263,8 +265,20 @@ async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
     await kernel.create_link(netns, LinkSpec(name="ipsec44", if_id=44, external=True))
     ip_run("link", "add", "ipsec45", "type", "xfrm", "if_id", "0x45", netns=netns)
     ipr = await kernel._ns.rtnl(netns)
-    decoded = await links._states(ipr, [m for m in await dump(ipr, links._query_xfrm(), RTM_GETLINK)
-                                        if m["header"]["type"] == RTM_NEWLINK])
+    msgs = [m for m in await dump(ipr, links._query_xfrm(), RTM_GETLINK) if m["header"]["type"] == RTM_NEWLINK]
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in await dump(ipr, ifinfmsg(), RTM_GETLINK)
+             if m["header"]["type"] == RTM_NEWLINK}
+
+    def decoded_state(msg) -> LinkState:  # what pyroute2's full decoding says
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = xfrm_kind.parse(info.get_attr("IFLA_INFO_DATA"))
+        return LinkState(
+            name=msg.get_attr("IFLA_IFNAME"), if_id=kind.if_id, ifindex=msg["index"],
+            link=names.get(kind.link_index) if kind.link_index else None, mtu=msg.get_attr("IFLA_MTU"),
+            up=bool(msg["flags"] & 1), operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"), external=kind.external,
+            owned=msg.get_attr("IFLA_GROUP") == 120 and msg.get_attr("IFLA_IFALIAS") == "xfrmid")
+
+    decoded = [decoded_state(m) for m in msgs]
     raw = await kernel.xfrm_links(netns)
     assert sorted(raw, key=lambda s: s.name) == sorted(decoded, key=lambda s: s.name)
     by_name = {s.name: s for s in raw}
@@ -275,21 +289,20 @@ async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
 
 async def test_round_trips_per_operation(kernel, netns, monkeypatch):
     """A create sends create, mark and one get (no dump); change and delete one get each."""
-    from xfrmid.kernel import link_reaper, links
+    from xfrmid.kernel import links, rawnl
 
     sent = []
-    real_request = links.request
+    real_transact = rawnl.transact
 
-    async def counting(ipr, msg, msg_type, flags=links.F_REQ):
+    async def counting(ipr, msg_type, body, flags=rawnl.F_REQ, **kw):
         sent.append(msg_type)
-        return await real_request(ipr, msg, msg_type, flags)
+        return await real_transact(ipr, msg_type, body, flags, **kw)
 
     async def no_dump(*args, **kwargs):
         raise AssertionError("no dump expected")
 
     await kernel.xfrm_links(netns)  # the namespace's socket, opened before counting
-    monkeypatch.setattr(links, "request", counting)
-    monkeypatch.setattr(link_reaper, "request", counting)  # a delete alone: one plain RTM_DELLINK
+    monkeypatch.setattr(rawnl, "transact", counting)  # every link request of a call goes through it
     monkeypatch.setattr(links, "raw_dump", no_dump)
     state = await kernel.create_link(netns, LinkSpec(name="ipsec46", if_id=46, mtu=1400))
     assert len(sent) == 3 and state.owned and state.up and state.mtu == 1400

@@ -125,10 +125,12 @@ async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
             pass
         return await kernel.create_link(netns, action.link)
     if op == "change_link":
+        if action.mark:
+            return await kernel.change_link(netns, action.ifname, mtu=action.mtu, up=action.up, mark=True)
         return await kernel.change_link(netns, action.ifname, mtu=action.mtu, up=action.up)
     if op == "delete_link":
         try:
-            await kernel.delete_link(netns, action.ifname)
+            await kernel.delete_link(netns, action.ifname, action.ifindex)
         except NotFound:
             pass  # already gone: that is what we wanted
         return None

@@ -78,6 +78,8 @@ class Action:
     mtu: int | None = None
     up: bool | None = None
     owned: bool | None = None  # adopt: the new value of the interface's ``owned``
+    ifindex: int | None = None  # delete_link: the link's index in the view (saves the backend a get)
+    mark: bool = False  # change_link: put xfrmid's markers on the link (a create cut short by a crash)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def plan_netns(inp: PlanInput) -> list[Action]:
             continue
         why = inp.released.get(name)
         add("delete_link", name, "removed",
-            f"deleted interface {name}: {why}" if why else f"removed leftover interface {name}")
+            f"deleted interface {name}: {why}" if why else f"removed leftover interface {name}", ifindex=have.ifindex)
         status[name] = "gone"
     holders: dict[int, str] | None = None  # if_id -> live link name, built only if a link is to be created
 
@@ -166,6 +168,14 @@ def plan_netns(inp: PlanInput) -> list[Action]:
             status[d.name] = "new"
             continue
         differs = link_differs(spec, have)
+        if not have.owned and have.unmarked and d.owned and differs is None:
+            # xfrmid's own create, cut short between its two requests (the state file
+            # promised an interface of ours): finish it instead of adopting it as foreign
+            mtu = spec.mtu if spec.mtu is not None and spec.mtu != have.mtu else None
+            add("change_link", d.name, "repaired", f"repaired {d.name}: finished its creation (marked, set up)",
+                mtu=mtu, up=True if not have.up else None, mark=True)
+            status[d.name] = "kept"
+            continue
         if not have.owned:
             if differs is not None:
                 add("conflict", d.name, None, f"existing interface {d.name} not created by xfrmid has {differs}")

@@ -294,10 +294,16 @@ class Syncer:
 
         done: list[Action] = []
         self.unsure.add(key)  # until a pass is remembered: an error leaves it unsure
+        # An owned link that leaves the desired state is deleted, and the kernel drops its
+        # addresses and routes with it: reading them first would be wasted (rules stay).
+        goes = iface is None
         for _ in range(MAX_PASSES):
             try:
                 # only this interface's link and objects: the cost does not grow with the namespace
-                view = await snapshot(self.m.kernel, netns, {name}, parts, whole=False)
+                view = await snapshot(self.m.kernel, netns, {name}, parts & {"rule"} if goes else parts, whole=False)
+                if goes and (have := view.links.get(name)) is not None and not have.owned and parts - {"rule"}:
+                    # not ours after all: it stays, and what xfrmid put on it must go
+                    view = await snapshot(self.m.kernel, netns, {name}, parts, whole=False)
             except XfrmidError as exc:
                 if must:
                     raise

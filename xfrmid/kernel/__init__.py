@@ -63,9 +63,9 @@ class Kernel:
             raise await self._unsupported(exc) from None
 
     async def change_link(
-        self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None
+        self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False
     ) -> LinkState:
-        return await _links.change_link(await self._ns.rtnl(netns), netns, name, mtu=mtu, up=up)
+        return await _links.change_link(await self._ns.rtnl(netns), netns, name, mtu=mtu, up=up, mark=mark)
 
     async def delete_link(self, netns: str | None, name: str, ifindex: int | None = None) -> None:
         """Delete one xfrm link; ``ifindex`` (from a state just read) saves the kind check's get.

@@ -24,8 +24,8 @@ class KernelBackend(Protocol):
     async def link(self, netns: str | None, name: str) -> LinkState: ...  # NotFound / InvalidArgument (not xfrm)
     async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState: ...
     async def change_link(
-        self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None
-    ) -> LinkState: ...
+        self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False
+    ) -> LinkState: ...  # ``mark``: put xfrmid's markers on it (finish a create cut short)
     async def delete_link(
         self, netns: str | None, name: str, ifindex: int | None = None
     ) -> None: ...  # ``ifindex`` from a LinkState just read saves a lookup

@@ -42,10 +42,10 @@ import logging
 from dataclasses import dataclass, field
 
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ..errors import NotFound, XfrmidError
-from .namespace import F_REQ, request, where
+from . import rawnl
+from .namespace import where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_DELETING_GROUP
 
@@ -120,12 +120,11 @@ class LinkReaper:
             moved += [d for d, ok in zip(chunk, await asyncio.gather(*(self._move(d) for d in chunk))) if ok]
         if not moved:
             return
-        msg = ifinfmsg()
-        msg["attrs"] = [("IFLA_GROUP", XFRMID_DELETING_GROUP)]
+        msg = rawnl.ifinfo() + rawnl.link_attrs(group=XFRMID_DELETING_GROUP)
         self.stats.deletions += 1
         self.stats.group_deletions += 1
         try:
-            await request(self._ipr, msg, RTM_DELLINK, F_REQ)
+            await rawnl.transact(self._ipr, RTM_DELLINK, msg, slow=True)
         except Exception as exc:  # noqa: BLE001 - each caller gets its own result below
             if code_of(exc) == ENODEV:  # none left in the group: others deleted them meanwhile
                 for doomed in moved:
@@ -143,23 +142,19 @@ class LinkReaper:
 
     async def _move(self, doomed: _Doomed) -> bool:
         """Move one link into the deleting group; False (the caller told why) if that failed."""
-        msg = ifinfmsg()
-        msg["index"] = doomed.ifindex
-        msg["attrs"] = [("IFLA_GROUP", XFRMID_DELETING_GROUP)]
+        msg = rawnl.ifinfo(index=doomed.ifindex) + rawnl.link_attrs(group=XFRMID_DELETING_GROUP)
         self.stats.moves += 1
         try:
-            await request(self._ipr, msg, RTM_NEWLINK, F_REQ)
+            await rawnl.transact(self._ipr, RTM_NEWLINK, msg, slow=True)
         except Exception as exc:  # noqa: BLE001 - this caller's result; the batch goes on
             _fail(doomed, self._error(doomed, exc))
             return False
         return True
 
     async def _delete_one(self, doomed: _Doomed, restore: bool = False) -> None:
-        msg = ifinfmsg()
-        msg["index"] = doomed.ifindex
         self.stats.deletions += 1
         try:
-            await request(self._ipr, msg, RTM_DELLINK, F_REQ)
+            await rawnl.transact(self._ipr, RTM_DELLINK, rawnl.ifinfo(index=doomed.ifindex), slow=True)
         except Exception as exc:  # noqa: BLE001 - this caller's result
             error = self._error(doomed, exc)
             if restore and not isinstance(error, NotFound):
@@ -170,11 +165,9 @@ class LinkReaper:
 
     async def _restore(self, doomed: _Doomed) -> None:
         """Put a link the batch could not delete back in its group (else the next batch takes it)."""
-        msg = ifinfmsg()
-        msg["index"] = doomed.ifindex
-        msg["attrs"] = [("IFLA_GROUP", doomed.group)]
+        msg = rawnl.ifinfo(index=doomed.ifindex) + rawnl.link_attrs(group=doomed.group)
         try:
-            await request(self._ipr, msg, RTM_NEWLINK, F_REQ)
+            await rawnl.transact(self._ipr, RTM_NEWLINK, msg)
         except Exception as exc:  # noqa: BLE001 - best effort: the caller hears of the deletion's error
             if code_of(exc) != ENODEV:
                 log.warning("interface %s%s stays in the deleting group %d: %s",

@@ -11,7 +11,7 @@ external link, and only then does ``create_link`` look (a get by name, or
 one dump) to name the holder in a Conflict, or to return an identical link.
 
 Dumps are parsed from the raw replies, attribute by attribute, for what a
-LinkState holds (``_raw_state``): pyroute2's full decoding of thousands of
+LinkState holds (``link_msgs.xfrm_state``): pyroute2's full decoding of thousands of
 links costs many times the kernel's own work.
 """
 
@@ -22,90 +22,32 @@ from dataclasses import replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..naming import Identity, check_ifname, check_unique
-from . import nlattrs, xfrm_kind
-from .events import _IFINFO, IFLA_GROUP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_OPERSTATE
-from .events import OPERSTATES, _walk
-from .namespace import F_CREATE, F_REQ, raw_dump, request, where
+from . import link_msgs, nlattrs, rawnl, xfrm_kind
+from .events import _IFINFO, IFLA_IFNAME, _walk
+from .link_msgs import IFF_UP, KIND, get_link, names_by_get, xfrm_state
+from .namespace import F_CREATE, F_REQ, raw_dump, where
 from .nlerrors import NO_XFRM_KIND, code_of, translate
 from .link_reaper import reaper_of
-from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, XFRMID_LINK_GROUPS, LinkSpec, LinkState
+from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, LinkSpec, LinkState
 
-KIND = xfrm_kind.XFRM
-IFLA_IFALIAS = 20
-IFLA_INFO_DATA = 2
-IFLA_XFRM_LINK, IFLA_XFRM_IF_ID = 1, 2
-_OPERSTATES = tuple(state.upper() for state in OPERSTATES)  # as pyroute2 names them
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # IFLA_EXT_MASK: no link statistics in dumps (bytes nobody reads)
 
 
-def _kind_of(msg) -> tuple[str | None, object]:
-    info = msg.get_attr("IFLA_LINKINFO")
-    if info is None:
-        return None, None
-    return info.get_attr("IFLA_INFO_KIND"), info.get_attr("IFLA_INFO_DATA")
-
-
-GETS_IN_FLIGHT = 64
-
-
-def _gets_in_flight(ipr) -> asyncio.Semaphore:
-    """Bounds the gets awaiting answers on one socket: a reply the kernel cannot queue
-    (the receive buffer full of a thousand concurrent callers' answers) is lost, and
-    its caller would wait forever."""
-    sem = getattr(ipr, "_xfrmid_gets", None)
-    if sem is None:
-        sem = asyncio.Semaphore(GETS_IN_FLIGHT)
-        ipr._xfrmid_gets = sem
-    return sem
-
-
-async def get_msg(ipr, name: str | None = None, index: int | None = None):
-    """The RTM_NEWLINK message of one device, or None if it does not exist."""
-    msg = ifinfmsg()
-    # no statistics: smaller replies, so many gets in flight fit the socket's buffer
-    attrs = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    if index is not None:
-        msg["index"] = index
-    else:
-        attrs.insert(0, ("IFLA_IFNAME", name))
-    msg["attrs"] = attrs
-    try:
-        async with _gets_in_flight(ipr):
-            replies = await request(ipr, msg, RTM_GETLINK)
-    except NetlinkError as exc:
-        if code_of(exc) in (19, 2):  # ENODEV, ENOENT
-            return None
-        raise
-    for reply in replies:
-        if reply.get("header", {}).get("type") == RTM_NEWLINK:
-            return reply
-    return None
-
-
 async def index_of(ipr, netns: str | None, name: str, what: str = "Device") -> int:
-    msg = await get_msg(ipr, name=name)
-    if msg is None:
+    raw = await get_link(ipr, name=name)
+    if raw is None:
         raise NotFound(f"{what} {name!r} does not exist{where(netns)}.")
-    return msg["index"]
-
-
-async def _names(ipr, indices: set[int]) -> dict[int, str]:
-    names: dict[int, str] = {}
-    for index in indices:
-        msg = await get_msg(ipr, index=index)
-        if msg is not None:
-            names[index] = msg.get_attr("IFLA_IFNAME")
-    return names
+    return link_msgs.index(raw)
 
 
 async def names_of(ipr, indices: set[int]) -> dict[int, str]:
     """Names of devices by ifindex: a get each for a few, one name-only dump for many."""
     if len(indices) <= 4:
-        return await _names(ipr, indices)
+        return await names_by_get(ipr, indices)
     query = ifinfmsg()
     query["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
     raw = await raw_dump(ipr, query, RTM_GETLINK)
@@ -122,79 +64,16 @@ async def names_of(ipr, indices: set[int]) -> dict[int, str]:
     return names
 
 
-def _state(msg, names: dict[int, str]) -> LinkState | None:
-    kind, data = _kind_of(msg)
-    if kind != KIND.name:
+async def _state_of(ipr, raw, known: dict[int, str] | None = None) -> LinkState | None:
+    """The LinkState of one device's message (its underlying device named), None if not xfrm."""
+    parsed = xfrm_state(*raw[1:])
+    if parsed is None:
         return None
-    parsed = KIND.parse(data)
-    return LinkState(
-        name=msg.get_attr("IFLA_IFNAME"),
-        if_id=parsed.if_id,
-        ifindex=msg["index"],
-        link=names.get(parsed.link_index) if parsed.link_index else None,
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        up=bool(msg["flags"] & IFF_UP),
-        operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
-        external=parsed.external,
-        owned=msg.get_attr("IFLA_GROUP") in XFRMID_LINK_GROUPS
-        and msg.get_attr("IFLA_IFALIAS") == XFRMID_ALIAS,
-    )
-
-
-async def _states(ipr, msgs, known: dict[int, str] | None = None) -> list[LinkState]:
-    """LinkStates of decoded messages; ``known`` names underlying devices already resolved."""
-    names = dict(known or {})
-    wanted = set()
-    for msg in msgs:
-        kind, data = _kind_of(msg)
-        if kind == KIND.name:
-            link_index = KIND.parse(data).link_index
-            if link_index and link_index not in names:
-                wanted.add(link_index)
-    if wanted:
-        names.update(await _names(ipr, wanted))
-    return [state for state in (_state(m, names) for m in msgs) if state is not None]
-
-
-_LINK_ATTRS = {
-    IFLA_IFNAME: nlattrs.text,
-    IFLA_MTU: nlattrs.u32,
-    IFLA_OPERSTATE: nlattrs.u8,
-    IFLA_GROUP: nlattrs.u32,
-    IFLA_IFALIAS: nlattrs.text,
-    IFLA_LINKINFO: nlattrs.span,
-}
-_INFO_ATTRS = {IFLA_INFO_KIND: nlattrs.text, IFLA_INFO_DATA: nlattrs.span}
-_XFRM_ATTRS = {
-    IFLA_XFRM_IF_ID: nlattrs.u32,
-    IFLA_XFRM_LINK: nlattrs.u32,
-    xfrm_kind.IFLA_XFRM_COLLECT_METADATA: nlattrs.flag,
-}
-
-
-def _raw_state(data: bytes, pos: int, end: int) -> tuple[LinkState, int] | None:
-    """(LinkState with link=None, underlying ifindex) of one raw RTM_NEWLINK; None if not xfrm."""
-    _family, _type, index, flags, _change = _IFINFO.unpack_from(data, pos)
-    attrs = nlattrs.pick(data, pos + 16, end, _LINK_ATTRS)
-    if IFLA_LINKINFO not in attrs:
-        return None
-    info = nlattrs.pick(data, *attrs[IFLA_LINKINFO], _INFO_ATTRS)
-    if info.get(IFLA_INFO_KIND) != KIND.name:
-        return None
-    xfrm = nlattrs.pick(data, *info[IFLA_INFO_DATA], _XFRM_ATTRS) if IFLA_INFO_DATA in info else {}
-    oper = attrs.get(IFLA_OPERSTATE, 0)
-    state = LinkState(
-        name=attrs.get(IFLA_IFNAME, ""),
-        if_id=xfrm.get(IFLA_XFRM_IF_ID, 0),
-        ifindex=index,
-        link=None,
-        mtu=attrs.get(IFLA_MTU, 0),
-        up=bool(flags & IFF_UP),
-        operstate=_OPERSTATES[oper] if oper < len(_OPERSTATES) else "UNKNOWN",
-        external=xfrm.get(xfrm_kind.IFLA_XFRM_COLLECT_METADATA, False),
-        owned=attrs.get(IFLA_GROUP) in XFRMID_LINK_GROUPS and attrs.get(IFLA_IFALIAS) == XFRMID_ALIAS,
-    )
-    return state, xfrm.get(IFLA_XFRM_LINK, 0)
+    state, link_index = parsed
+    if not link_index:
+        return state
+    names = known if known and link_index in known else await names_by_get(ipr, {link_index})
+    return replace(state, link=names.get(link_index))
 
 
 def _query_xfrm() -> ifinfmsg:
@@ -215,10 +94,10 @@ async def xfrm_links(ipr, netns: str | None) -> list[LinkState]:
     found = [
         parsed
         for mtype, data, pos, end in raw
-        if mtype == RTM_NEWLINK and (parsed := _raw_state(data, pos, end)) is not None
+        if mtype == RTM_NEWLINK and (parsed := xfrm_state(data, pos, end)) is not None
     ]
     wanted = {link_index for _, link_index in found if link_index}
-    names = await _names(ipr, wanted) if wanted else {}
+    names = await names_by_get(ipr, wanted) if wanted else {}
     return [
         replace(state, link=names.get(link_index)) if link_index else state for state, link_index in found
     ]
@@ -226,16 +105,15 @@ async def xfrm_links(ipr, netns: str | None) -> list[LinkState]:
 
 async def link_state(ipr, netns: str | None, name: str) -> LinkState:
     """The state of one xfrm link; NotFound/InvalidArgument if it is missing or not xfrm."""
-    msg = await get_msg(ipr, name=name)
-    if msg is None:
+    raw = await get_link(ipr, name=name)
+    if raw is None:
         raise NotFound(f"Interface {name!r} does not exist{where(netns)}.")
-    states = await _states(ipr, [msg])
-    if not states:
-        kind, _ = _kind_of(msg)
+    state = await _state_of(ipr, raw)
+    if state is None:
         raise InvalidArgument(
-            f"Interface {name!r}{where(netns)} is {_a(kind)}, not an xfrm interface."
+            f"Interface {name!r}{where(netns)} is {_a(link_msgs.kind_and_group(raw)[0])}, not an xfrm interface."
         )
-    return states[0]
+    return state
 
 
 def _a(kind: str | None) -> str:
@@ -263,7 +141,7 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
     doing = f"Creating interface {spec.name!r}{where(netns)}"
     for attempt in range(3):
         try:
-            await request(ipr, _create_message(spec, link_index), RTM_NEWLINK, F_CREATE)
+            await rawnl.transact(ipr, RTM_NEWLINK, _create_message(spec, link_index), F_CREATE, slow=True)
             break
         except NetlinkError as exc:
             if code_of(exc) != 17:
@@ -274,42 +152,31 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
                 return existing
             if attempt == 2:  # the holder keeps vanishing before we can name it
                 raise translate(exc, doing) from None
-    mark = ifinfmsg()
-    mark["attrs"] = [("IFLA_IFNAME", spec.name), ("IFLA_IFALIAS", XFRMID_ALIAS)]  # addressed by name
-    if spec.up:
-        mark["flags"] = IFF_UP
-        mark["change"] = IFF_UP
+    # addressed by name; up with the alias, see _create_message
+    up = IFF_UP if spec.up else 0
+    mark = rawnl.ifinfo(flags=up, change=up) + rawnl.link_attrs(name=spec.name, alias=XFRMID_ALIAS)
     try:
-        await request(ipr, mark, RTM_NEWLINK, F_REQ)
+        await rawnl.transact(ipr, RTM_NEWLINK, mark, slow=True)
     except NetlinkError as exc:
         if code_of(exc) == 19:  # ENODEV
             raise NotFound(f"{doing} failed: it vanished right after creation.") from None
         raise translate(exc, f"Marking new interface {spec.name!r}{where(netns)}") from None
-    created = await get_msg(ipr, name=spec.name)
+    created = await get_link(ipr, name=spec.name)
     if created is None:
         raise NotFound(f"{doing} failed: it vanished right after creation.")
-    states = await _states(ipr, [created], {link_index: spec.link} if link_index else {})
-    if not states:
-        raise Conflict(f"{doing} failed: the name was taken by {_a(_kind_of(created)[0])} meanwhile.")
-    return states[0]
+    state = await _state_of(ipr, created, {link_index: spec.link} if link_index else None)
+    if state is None:
+        kind = link_msgs.kind_and_group(created)[0]
+        raise Conflict(f"{doing} failed: the name was taken by {_a(kind)} meanwhile.")
+    return state
 
 
-def _create_message(spec: LinkSpec, link_index: int) -> ifinfmsg:
-    msg = ifinfmsg()
+def _create_message(spec: LinkSpec, link_index: int) -> bytes:
     # Created down and marked with the group at once; alias and IFF_UP follow in
     # one request, so an interface never carries traffic before it is marked.
-    attrs = [
-        ("IFLA_IFNAME", spec.name),
-        ("IFLA_GROUP", XFRMID_LINK_GROUP),
-        (
-            "IFLA_LINKINFO",
-            {"attrs": [("IFLA_INFO_KIND", KIND.name), ("IFLA_INFO_DATA", {"attrs": KIND.fill_create(spec, link_index)})]},
-        ),
-    ]
-    if spec.mtu is not None:
-        attrs.append(("IFLA_MTU", spec.mtu))
-    msg["attrs"] = attrs
-    return msg
+    return rawnl.ifinfo() + rawnl.link_attrs(name=spec.name, group=XFRMID_LINK_GROUP, mtu=spec.mtu) + rawnl.linkinfo(
+        KIND.name, KIND.fill_create(spec, link_index)
+    )
 
 
 async def _existing(ipr, netns: str | None, spec: LinkSpec) -> LinkState | None:
@@ -318,12 +185,12 @@ async def _existing(ipr, netns: str | None, spec: LinkSpec) -> LinkState | None:
     None: nothing holds the name, the if_id or the external slot any more (the
     holder went away meanwhile), so the create may be tried again.
     """
-    other = await get_msg(ipr, name=spec.name)
+    other = await get_link(ipr, name=spec.name)
     if other is not None:
-        states = await _states(ipr, [other])
-        if not states:
-            raise Conflict(f"Interface name {spec.name!r} is already used{where(netns)} by {_a(_kind_of(other)[0])}.")
-        current = states[0]
+        current = await _state_of(ipr, other)
+        if current is None:
+            kind = link_msgs.kind_and_group(other)[0]
+            raise Conflict(f"Interface name {spec.name!r} is already used{where(netns)} by {_a(kind)}.")
         if not _same_identity(spec, current):
             if not spec.external and not current.external and spec.link == current.link:
                 check_unique(_identity(spec), {spec.name: current.if_id})
@@ -355,9 +222,10 @@ def _identity(spec: LinkSpec) -> Identity:
 
 
 async def change_link(
-    ipr, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None
+    ipr, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False
 ) -> LinkState:
-    """Change MTU and/or administrative state of an xfrm link."""
+    """Change MTU and/or administrative state of an xfrm link; ``mark``: put xfrmid's
+    markers (group and alias) on it, to finish a create of ours cut short by a crash."""
     check_ifname(name)
     if mtu is not None and (
         isinstance(mtu, bool) or not isinstance(mtu, int) or not xfrm_kind.MTU_MIN <= mtu <= xfrm_kind.MTU_MAX
@@ -366,22 +234,18 @@ async def change_link(
             f"MTU {mtu!r} of interface {name!r} is outside {xfrm_kind.MTU_MIN}..{xfrm_kind.MTU_MAX}."
         )
     state = await link_state(ipr, netns, name)
-    if (mtu is None or mtu == state.mtu) and (up is None or up == state.up):
+    if (mtu is None or mtu == state.mtu) and (up is None or up == state.up) and (not mark or state.owned):
         return state
-    msg = ifinfmsg()
-    msg["index"] = state.ifindex
-    if mtu is not None:
-        msg["attrs"] = [("IFLA_MTU", mtu)]
-    if up is not None:
-        msg["flags"] = IFF_UP if up else 0
-        msg["change"] = IFF_UP
+    flags = IFF_UP if up else 0
+    msg = rawnl.ifinfo(index=state.ifindex, flags=flags, change=IFF_UP if up is not None else 0)
+    markers = rawnl.link_attrs(group=XFRMID_LINK_GROUP, alias=XFRMID_ALIAS) if mark else b""
     try:
-        await request(ipr, msg, RTM_NEWLINK, F_REQ)
+        await rawnl.transact(ipr, RTM_NEWLINK, msg + rawnl.link_attrs(mtu=mtu) + markers, slow=True)
     except NetlinkError as exc:
         if code_of(exc) == 19:  # ENODEV: someone deleted it meanwhile
             raise NotFound(f"Interface {name!r} does not exist{where(netns)}.") from None
         raise translate(exc, f"Changing interface {name!r}{where(netns)}") from None
-    if up and not state.up:
+    if (up and not state.up) or mark:
         # the operational state of a link coming up is the kernel's to tell
         return await link_state(ipr, netns, name)
     # The kernel accepted exactly this; a down link reports operstate DOWN (rtnl_fill_ifinfo).
@@ -404,12 +268,11 @@ async def delete_link(ipr, netns: str | None, name: str, ifindex: int | None = N
     check_ifname(name)
     group = XFRMID_LINK_GROUP
     if ifindex is None:
-        found = await get_msg(ipr, name=name)
+        found = await get_link(ipr, name=name)
         if found is None:
             raise NotFound(f"Interface {name!r} does not exist{where(netns)}.")
-        kind, _ = _kind_of(found)
+        kind, group = link_msgs.kind_and_group(found)
         if kind != KIND.name:
             raise InvalidArgument(f"Interface {name!r}{where(netns)} is {_a(kind)}, not an xfrm interface.")
-        ifindex = found["index"]
-        group = found.get_attr("IFLA_GROUP") or 0
+        ifindex = link_msgs.index(found)
     await reaper_of(ipr, netns).delete(name, ifindex, group)

@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
@@ -227,24 +228,35 @@ async def _raw_dump_once(ipr: AsyncIPRoute, msg, msg_type: int) -> tuple[list[Ra
     await req.send()
     out: list[RawMessage] = []
     interrupted = False
-    unpack = _HDR.unpack_from
     try:
         while True:
             data = await ipr.msg_queue.get(req.msg_seq)
             if not data:
                 raise NetlinkError(errno.ECONNRESET, "netlink socket closed during a dump")
-            pos, size = 0, len(data)
-            while pos + 16 <= size:
-                length, mtype, flags, _seq, _pid = unpack(data, pos)
-                if length < 16 or pos + length > size:
-                    break
+            for mtype, flags, start, end in split(data):
                 if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
-                    code = _ERRNO.unpack_from(data, pos + 16)[0] if length >= 20 else 0
-                    if code:
-                        raise NetlinkError(abs(code), os.strerror(abs(code)))
+                    check_status(data, start, end)
                     return out, interrupted
                 interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                out.append((mtype, data, pos + 16, pos + length))
-                pos += (length + 3) & ~3
+                out.append((mtype, data, start, end))
     finally:
         req.cleanup()
+
+
+def split(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, flags, payload start, message end) of each netlink message of one datagram."""
+    unpack = _HDR.unpack_from
+    pos, size = 0, len(data)
+    while pos + 16 <= size:
+        length, mtype, flags, _seq, _pid = unpack(data, pos)
+        if length < 16 or pos + length > size:
+            return
+        yield mtype, flags, pos + 16, pos + length
+        pos += (length + 3) & ~3
+
+
+def check_status(data: bytes, start: int, end: int) -> None:
+    """Raise the error an NLMSG_ERROR (or NLMSG_DONE) carries; zero is success."""
+    code = _ERRNO.unpack_from(data, start)[0] if end - start >= 4 else 0
+    if code:
+        raise NetlinkError(abs(code), os.strerror(abs(code)))

@@ -49,6 +49,9 @@ class LinkState:
     operstate: str
     external: bool
     owned: bool  # carries xfrmid's markers: xfrmid created it
+    # xfrmid's group without its alias: a create of xfrmid's cut short between its two
+    # requests (a crash), or someone else's link in that group; the desired state tells
+    unmarked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

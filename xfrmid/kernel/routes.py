@@ -23,7 +23,8 @@ from ..naming import check_ifname, check_u32
 from ..validate import family_of, parse_address, parse_network
 from . import nlattrs
 from .events import _RTMSG
-from .links import get_msg, index_of, names_of
+from . import link_msgs
+from .links import index_of, names_of
 from .namespace import F_CREATE, F_REQ, raw_dump, request, where
 from .nlerrors import code_of, translate
 from .objects import MAIN_TABLE, XFRMID_PROTO, RouteSpec
@@ -122,10 +123,10 @@ async def own_routes(
     query["proto"] = XFRMID_PROTO  # strict dump: the kernel filters by protocol, all tables
     if dev is not None:
         if ifindex is None:
-            found_dev = await get_msg(ipr, name=dev)
+            found_dev = await link_msgs.get_link(ipr, name=dev)
             if found_dev is None:
                 return set()  # no device, no route through it
-            ifindex = found_dev["index"]
+            ifindex = link_msgs.index(found_dev)
         query["attrs"] = [("RTA_OIF", ifindex)]
     try:
         raw = await raw_dump(ipr, query, RTM_GETROUTE)
@@ -167,11 +168,11 @@ async def add_route(ipr, netns: str | None, spec: RouteSpec) -> None:
 async def remove_route(ipr, netns: str | None, spec: RouteSpec) -> None:
     """Remove xfrmid's route; a missing route (or device) is fine."""
     spec = normalize(spec)
-    dev = await get_msg(ipr, name=spec.dev)
+    dev = await link_msgs.get_link(ipr, name=spec.dev)
     if dev is None:
         return  # the kernel removed the route together with its device
     try:
-        await request(ipr, _message(spec, dev["index"], adding=False), RTM_DELROUTE, F_REQ)
+        await request(ipr, _message(spec, link_msgs.index(dev), adding=False), RTM_DELROUTE, F_REQ)
     except NetlinkError as exc:
         if code_of(exc) in (3, 2, 19):  # ESRCH/ENOENT/ENODEV: not there
             return

@@ -24,13 +24,14 @@ from pyroute2.netlink.rtnl.ifinfmsg.plugins.xfrm import xfrm as _pyroute2_xfrm
 
 from ..errors import InvalidArgument, KernelUnsupported
 from ..naming import check_if_id, check_ifname
+from . import rawnl
 from .objects import LinkSpec
 
 if TYPE_CHECKING:
     from .features import Features
 
 KIND = "xfrm"
-IFLA_XFRM_COLLECT_METADATA = 3
+IFLA_XFRM_LINK, IFLA_XFRM_IF_ID, IFLA_XFRM_COLLECT_METADATA = 1, 2, 3
 MTU_MIN = 68  # ETH_MIN_MTU, the xfrm device's min_mtu
 MTU_MAX = 65535  # IP_MAX_MTU, its max_mtu
 
@@ -84,14 +85,14 @@ def verify(spec: LinkSpec, features: "Features | None" = None) -> None:
         check_if_id(spec.if_id)
 
 
-def fill_create(spec: LinkSpec, link_index: int) -> list[tuple[str, Any]]:
-    """IFLA_INFO_DATA attributes of the create request."""
+def fill_create(spec: LinkSpec, link_index: int) -> bytes:
+    """IFLA_INFO_DATA attributes of the create request, encoded (rawnl)."""
     if spec.external:
         # if_id and link must be absent/zero: each SA carries its own if_id
-        return [("IFLA_XFRM_COLLECT_METADATA", True)]
-    attrs: list[tuple[str, Any]] = [("IFLA_XFRM_IF_ID", spec.if_id)]
+        return rawnl.flag(IFLA_XFRM_COLLECT_METADATA)
+    attrs = rawnl.u32(IFLA_XFRM_IF_ID, spec.if_id)
     if link_index:
-        attrs.append(("IFLA_XFRM_LINK", link_index))
+        attrs += rawnl.u32(IFLA_XFRM_LINK, link_index)
     return attrs
 
 
@@ -112,7 +113,7 @@ class LinkKind:
 
     name: str
     verify: Callable[[LinkSpec, "Features | None"], None]
-    fill_create: Callable[[LinkSpec, int], list[tuple[str, Any]]]
+    fill_create: Callable[[LinkSpec, int], bytes]
     parse: Callable[[Any], KindState]
 
 
