@@ -125,6 +125,10 @@ class Client:
     async def delete_interface(self, name: str, *, netns: str | None = None, force: bool | None = None) -> None:
         await self.call("DeleteInterface", "sa{sv}", [name, _options(netns=netns, force=force)])
 
+    async def delete_interfaces(self, names: list[str], *, netns: str | None = None,
+                                force: bool | None = None) -> None:
+        await self.call("DeleteInterfaces", "asa{sv}", [list(names), _options(netns=netns, force=force)])
+
     async def attach(
         self, name: str, owner: str, *, netns: str | None = None, bind_to_caller: bool | None = None
     ) -> Attachment:

@@ -32,6 +32,7 @@ def test_contract_names_and_signatures():
     assert sigs == {
         "CreateInterface": ("sua{sv}", "o"),
         "DeleteInterface": ("sa{sv}", ""),
+        "DeleteInterfaces": ("asa{sv}", ""),  # issue 6's bulk deletion (an addition to the contract)
         "Attach": ("ssa{sv}", "ouuu"),
         "Detach": ("ssa{sv}", "b"),
         "AddAddress": ("sssa{sv}", ""),

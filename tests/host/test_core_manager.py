@@ -474,3 +474,30 @@ async def test_published_views_equal_interfaces(kernel, settings):
     await m2.start()
     assert m2.published() == m2.interfaces() and [i.name for i in m2.published()] == ["ipsec90", "ipsec91"]
     await m2.stop()
+
+
+async def test_delete_interfaces_in_one_change(manager, kernel):
+    for i in range(20, 26):
+        await manager.create_interface(f"ipsec{i}", addresses=[f"192.0.2.{i}/32"])
+    await manager.attach("ipsec25", "a")
+    kernel.foreign_link("ipsec26", 26)
+    await manager.attach("ipsec26", "b")
+    # every name is checked before any is deleted: one refusal and nothing changes
+    for names, error, words in ((["ipsec20", "ipsec25"], Busy, "'ipsec25' is still attached"),
+                                (["ipsec20", "ipsec26"], NotOwned, "'ipsec26'"),
+                                (["ipsec20", "ipsec99"], NotFound, "'ipsec99'"),
+                                (["ipsec20", "ipsec 1"], InvalidArgument, "ipsec 1"),
+                                ("ipsec20", InvalidArgument, "list")):
+        with pytest.raises(error, match=words):
+            await manager.delete_interfaces(names)
+        assert {f"ipsec{i}" for i in range(20, 27)} <= set(ns(kernel).links)
+    kernel.calls.clear()
+    await manager.delete_interfaces(["ipsec21", "ipsec20", "ipsec22", "ipsec21", "ipsec23"])
+    assert not {"ipsec20", "ipsec21", "ipsec22", "ipsec23"} & set(ns(kernel).links)
+    assert [i.name for i in manager.interfaces()] == ["ipsec24", "ipsec25", "ipsec26"]
+    # one read of the kernel for the four: a dump of the links, no get per interface
+    ops = [op for op, _ in kernel.calls]
+    assert ops.count("delete_link") == 4 and ops.count("xfrm_links") == 1 and "link" not in ops
+    await manager.delete_interfaces(["ipsec25"], force=True)
+    await manager.delete_interfaces([])
+    assert [i.name for i in manager.interfaces()] == ["ipsec24", "ipsec26"]

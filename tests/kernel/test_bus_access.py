@@ -18,6 +18,7 @@ from .bus_fixtures import NOBODY, busctl, private_bus, start_bus, start_daemon, 
 MUTATING = [
     ("CreateInterface", "sua{sv}", ["ipsec231", "0", "0"]),
     ("DeleteInterface", "sa{sv}", ["ipsec231", "0"]),
+    ("DeleteInterfaces", "asa{sv}", ["2", "ipsec230", "ipsec231", "0"]),
     ("Attach", "ssa{sv}", ["ipsec231", "intruder", "0"]),
     ("Detach", "ssa{sv}", ["ipsec230", "owner", "0"]),
     ("AddAddress", "sssa{sv}", ["ipsec230", "owner", "10.230.0.9/32", "0"]),

@@ -370,6 +370,23 @@ def _xfrmctl(capsys, address: str, *args: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
+def test_delete_interfaces_checks_all_then_deletes_in_one_batch(xfrmid, capsys):
+    a = xfrmid.address
+    names = [f"ipsec{i}" for i in range(240, 246)]
+    for name in names:
+        manager_call(a, "CreateInterface", "sua{sv}", name, "0", "0")
+    manager_call(a, "Attach", "ssa{sv}", "ipsec245", "holder", "0")
+    # one refused: none deleted, the error names it
+    assert gdbus_error(a, "DeleteInterfaces", "['ipsec240', 'ipsec245']", "@a{sv} {}") == "org.xfrmid1.Error.Busy"
+    assert gdbus_error(a, "DeleteInterfaces", "['ipsec240', 'ipsec299']", "@a{sv} {}") == "org.xfrmid1.Error.NotFound"
+    assert all(link_present(name) for name in names)
+    manager_call(a, "DeleteInterfaces", "asa{sv}", "4", *names[:4], "0")
+    assert not any(link_present(name) for name in names[:4]) and link_present("ipsec244")
+    assert _xfrmctl(capsys, a, "delete", "ipsec244", "ipsec245", "--force")[0] == 0
+    assert not link_present("ipsec244") and not link_present("ipsec245")
+    manager_call(a, "DeleteInterfaces", "asa{sv}", "0", "0")  # nothing to do: fine
+
+
 def test_xfrmctl_end_to_end(xfrmid, capsys):
     a = xfrmid.address
     # the monitor is a real separate process (it runs until interrupted)

@@ -86,6 +86,11 @@ class ManagerInterface(ServiceInterface):
         await self._manager.delete_interface(name, netns=_ns(o), force=o.get("force", False))
 
     @dbus_method()
+    async def DeleteInterfaces(self, names: "as", options: "a{sv}"):
+        o = parse_options("DeleteInterfaces", options)
+        await self._manager.delete_interfaces(list(names), netns=_ns(o), force=o.get("force", False))
+
+    @dbus_method()
     async def Attach(self, name: "s", owner: "s", options: "a{sv}") -> "ouuu":
         o = parse_options("Attach", options)
         caller = CALLER.get() if o.get("bind_to_caller", False) else None

@@ -16,6 +16,7 @@ _NETNS = {"netns": "s"}
 OPTIONS: dict[str, dict[str, str]] = {
     "CreateInterface": {**_NETNS, "link": "s", "mtu": "u", "external": "b", "addresses": "as"},
     "DeleteInterface": {**_NETNS, "force": "b"},
+    "DeleteInterfaces": {**_NETNS, "force": "b"},
     "Attach": {**_NETNS, "bind_to_caller": "b"},
     "Detach": dict(_NETNS),
     "AddAddress": dict(_NETNS),

@@ -76,7 +76,10 @@ async def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
-    await client.delete_interface(args.name, netns=args.netns, force=args.force)
+    if len(args.names) == 1:
+        await client.delete_interface(args.names[0], netns=args.netns, force=args.force)
+    else:
+        await client.delete_interfaces(args.names, netns=args.netns, force=args.force)
     return exitcodes.OK
 
 

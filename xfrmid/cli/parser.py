@@ -108,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", action="append", metavar="CIDR", dest="addresses",
                    help="address to put on the interface; may be repeated")
 
-    p = add("delete", "delete an interface xfrmid created", [write],
-            "Delete an interface xfrmid created. Refused (exit 4) while connections are attached, "
-            "unless --force; refused (exit 6) for interfaces xfrmid adopted.")
-    p.add_argument("name", metavar="NAME", help="interface name")
+    p = add("delete", "delete interfaces xfrmid created", [write],
+            "Delete interfaces xfrmid created. Refused (exit 4) while connections are attached, "
+            "unless --force; refused (exit 6) for interfaces xfrmid adopted. Several names are "
+            "deleted in one change, all checked first: if one is refused, none is deleted.")
+    p.add_argument("names", metavar="NAME", nargs="+", help="interface name")
     p.add_argument("--force", action="store_true", default=None, help="delete even with connections attached")
 
     p = add("attach", "reference an interface for a connection, creating it on demand", [read],

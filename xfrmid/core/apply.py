@@ -6,6 +6,7 @@ operations, so they are skipped here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,21 +156,40 @@ async def apply(
     repairs what it can, and a caller is not failed for an unrelated repair).
     """
     result = ApplyResult()
-    for action in actions:
+    pos = 0
+    while pos < len(actions):
+        action = actions[pos]
         if action.op in ("adopt", "conflict"):
+            pos += 1
             continue
-        try:
-            state = await run_action(kernel, action)
-        except XfrmidError as exc:
-            if strict is True or (callable(strict) and strict(action)):
-                raise
-            log.warning("failed (%s): %s", action.detail, exc, extra=_fields(action))
-            result.failed.append((action, exc))
-            continue
-        result.done.append(action)
-        if state is not None:
-            result.links[state.name] = state
-        log_done(action)
+        if action.op == "delete_link":
+            # deletions side by side: the backend deletes concurrent ones in one batch
+            end = pos
+            while end < len(actions) and actions[end].op == "delete_link":
+                end += 1
+            batch = actions[pos:end]
+            outcomes = await asyncio.gather(*(run_action(kernel, a) for a in batch), return_exceptions=True)
+            pos = end
+        else:
+            batch = [action]
+            try:
+                outcomes = [await run_action(kernel, action)]
+            except XfrmidError as exc:
+                outcomes = [exc]
+            pos += 1
+        for done, outcome in zip(batch, outcomes):
+            if isinstance(outcome, XfrmidError):
+                if strict is True or (callable(strict) and strict(done)):
+                    raise outcome
+                log.warning("failed (%s): %s", done.detail, outcome, extra=_fields(done))
+                result.failed.append((done, outcome))
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            result.done.append(done)
+            if outcome is not None:
+                result.links[outcome.name] = outcome
+            log_done(done)
     return result
 
 

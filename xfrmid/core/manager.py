@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from ..errors import Busy, Conflict, InvalidArgument, NotFound, NotOwned, XfrmidError
@@ -44,6 +44,7 @@ from .interfaces import check_mtu, merge_static, new_interface, same_link
 from .routes_policy import route_request
 from .store import StateStore
 from .timers import KeyedTimers
+from .bulk import change_many
 from .sync import Syncer
 from .views import AttachResult, InterfaceInfo, ManagerListener
 
@@ -226,20 +227,46 @@ class Manager:
         netns, name = check_netns(netns), check_ifname(name)
         key = (netns, name)
         async with self._op(key):
-            iface = self.desired.get(key)
-            if iface is None:
-                raise NotFound(f"Interface {name!r} is not managed by xfrmid{where(netns)}.")
-            if not iface.owned:
-                raise NotOwned(f"Interface {name!r}{where(netns)} existed before xfrmid adopted it; "
-                               "xfrmid does not delete it.")
-            if iface.static:
-                raise Conflict(f"Interface {name!r}{where(netns)} is declared in the configuration file; "
-                               "remove it there and reload.")
-            if iface.owners and not force:
-                raise Busy(f"Interface {name!r}{where(netns)} is still attached by "
-                           f"{', '.join(sorted(iface.owners))}; detach them or use force.")
+            self._check_deletable(key, force)
             await self._sync.change(key, lambda: (self.desired.drop(key), self._linger.cancel(key)),
                                     why="requested by DeleteInterface")
+
+    async def delete_interfaces(self, names: Sequence[str], *, netns: str | None = None, force: bool = False) -> None:
+        """delete_interface for many interfaces of one namespace in one change (one journal
+        write, one kernel read, the links deleted in one batch). Every interface is checked
+        before any is deleted: one that may not be deleted fails the call and nothing changes."""
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise InvalidArgument(f"Names {names!r} must be a list of interface names.")
+        netns = check_netns(netns)
+        chosen = sorted({check_ifname(n) for n in names})
+        keys = [(netns, name) for name in chosen]
+        if not keys:
+            return
+        async with self._ops(keys):
+            for key in keys:
+                self._check_deletable(key, force)
+
+            def drop() -> None:
+                for key in keys:
+                    self.desired.drop(key)
+                    self._linger.cancel(key)
+
+            await change_many(self._sync, netns, chosen, drop, why="requested by DeleteInterfaces")
+
+    def _check_deletable(self, key: Key, force: bool) -> None:
+        netns, name = key
+        iface = self.desired.get(key)
+        if iface is None:
+            raise NotFound(f"Interface {name!r} is not managed by xfrmid{where(netns)}.")
+        if not iface.owned:
+            raise NotOwned(f"Interface {name!r}{where(netns)} existed before xfrmid adopted it; "
+                           "xfrmid does not delete it.")
+        if iface.static:
+            raise Conflict(f"Interface {name!r}{where(netns)} is declared in the configuration file; "
+                           "remove it there and reload.")
+        if iface.owners and not force:
+            raise Busy(f"Interface {name!r}{where(netns)} is still attached by "
+                       f"{', '.join(sorted(iface.owners))}; detach them or use force.")
 
     # --- attachments -----------------------------------------------------------
 
@@ -399,6 +426,19 @@ class Manager:
             return await self._sync.reconcile_one(key)
 
     # --- plumbing ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _ops(self, keys: list[Key]):
+        """_op for several interfaces; their locks taken in sorted order (no deadlock)."""
+        async with self._gate.shared():
+            async with AsyncExitStack() as stack:
+                for key in sorted(keys, key=lambda k: (k[0] or "", k[1])):
+                    await stack.enter_async_context(self._locks(key))
+                    stack.enter_context(self.hold(key))
+                try:
+                    yield
+                finally:
+                    self._sync.absent.difference_update(keys)
 
     @asynccontextmanager
     async def _op(self, key: Key):

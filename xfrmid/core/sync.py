@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import Conflict, NotFound, XfrmidError
 from ..kernel.objects import LinkState
-from .apply import ApplyResult, apply, log_done, run_action, snapshot
+from .apply import FEW, ApplyResult, apply, log_done, run_action, snapshot
 from .desired import DesiredInterface, Key
 from .info import peer_policy
 from .plan import Action, KernelView, PlanInput, Scope, link_differs, plan_netns, rule_key, summarise
@@ -155,16 +155,9 @@ class Syncer:
         reason the interface goes, when the change removes it (for the log).
         """
         desired = self.m.desired
-        current = desired.get(key)
-        free = current is None and key in self.absent
+        free = key not in desired.interfaces and key in self.absent
         self.absent.discard(key)
-        retired = desired.retired.get(key)
-        saved = SavePoint(
-            key=key,
-            iface=None if current is None else current.copy(),
-            retired=None if retired is None else set(retired),
-            marks=frozenset({current.if_id} if current else ()),
-        )
+        saved = self.savepoint(key)
         before = self.objects(key)
         parts = ALL_PARTS
         try:
@@ -182,7 +175,7 @@ class Syncer:
             elif not (free and await self._create(key, after)):
                 await self.sync(key, saved.marks, delta=after - before, parts=parts, released=released)
         except XfrmidError:
-            self._restore(saved)
+            self.restore(saved)
             self.slots.update(desired, key)
             try:
                 await self.m.persist({key})
@@ -258,7 +251,19 @@ class Syncer:
         self.shortcuts["created"] += 1
         return True
 
-    def _restore(self, saved: SavePoint) -> None:
+    def savepoint(self, key: Key) -> SavePoint:
+        """What ``restore`` needs to undo a change of ``key``."""
+        desired = self.m.desired
+        current = desired.get(key)
+        retired = desired.retired.get(key)
+        return SavePoint(
+            key=key,
+            iface=None if current is None else current.copy(),
+            retired=None if retired is None else set(retired),
+            marks=frozenset({current.if_id} if current else ()),
+        )
+
+    def restore(self, saved: SavePoint) -> None:
         desired = self.m.desired
         desired.remove(saved.key)
         if saved.iface is not None:
@@ -284,40 +289,55 @@ class Syncer:
         kinds of objects (address, route, rule) the interface has or had; the others
         are not read.
         """
-        netns, name = key
-        iface = self.m.desired.get(key)
-        scope = Scope(frozenset({name}), frozenset(marks | ({iface.if_id} if iface else set())))
+        return await self.sync_names(key[0], frozenset({key[1]}), marks, delta=delta, parts=parts, released=released)
+
+    async def sync_names(
+        self,
+        netns: str | None,
+        names: frozenset[str],
+        marks: frozenset[int] = frozenset(),
+        *,
+        delta: frozenset[tuple] | None = None,
+        parts: frozenset[str] = ALL_PARTS,
+        released: dict[str, str] | None = None,
+    ) -> list[Action]:
+        """``sync`` for some interfaces of one namespace at once: one read, one plan."""
+        desired = self.m.desired
+        keys = [(netns, name) for name in sorted(names)]
+        scope = Scope(names, frozenset(marks | {i.if_id for k in keys if (i := desired.get(k)) is not None}))
         must = bool(delta)
 
         def strict(action: Action) -> bool:
             return must and (action.op in _LINK_OPS or _tag(action) in delta)
 
         done: list[Action] = []
-        self.unsure.add(key)  # until a pass is remembered: an error leaves it unsure
+        self.unsure.update(keys)  # until a pass is remembered: an error leaves them unsure
         # An owned link that leaves the desired state is deleted, and the kernel drops its
         # addresses and routes with it: reading them first would be wasted (rules stay).
-        goes = iface is None
+        goes = all(k not in desired.interfaces for k in keys)
+        whole = len(names) > FEW  # one dump of the xfrm links beats a get each
         for _ in range(MAX_PASSES):
             try:
-                # only this interface's link and objects: the cost does not grow with the namespace
-                view = await snapshot(self.m.kernel, netns, {name}, parts & {"rule"} if goes else parts, whole=False)
-                if goes and (have := view.links.get(name)) is not None and not have.owned and parts - {"rule"}:
+                # only these interfaces' links and objects: the cost does not grow with the namespace
+                view = await snapshot(self.m.kernel, netns, set(names), parts & {"rule"} if goes else parts,
+                                      whole=whole)
+                if goes and parts - {"rule"} and any(not view.links[n].owned for n in names if n in view.links):
                     # not ours after all: it stays, and what xfrmid put on it must go
-                    view = await snapshot(self.m.kernel, netns, {name}, parts, whole=False)
+                    view = await snapshot(self.m.kernel, netns, set(names), parts, whole=whole)
             except XfrmidError as exc:
                 if must:
                     raise
-                log.warning("could not sync %s: %s", name, exc)
+                log.warning("could not sync %s: %s", ", ".join(sorted(names)), exc)
                 return done
             actions = plan_netns(self._input(netns, view, scope, released))
-            dirty = bool(self._decide(netns, actions, strict=must))
+            dirty = self._decide(netns, actions, strict=must)
             result = await apply(self.m.kernel, actions, strict=strict)
-            self._remember(netns, {name}, view, result)
+            self._remember(netns, set(names), view, result)
             done += result.done + [a for a in actions if a.op == "adopt"]
-            if not result.failed and self.m.desired.retired.pop(key, None):
-                dirty = True
+            if not result.failed:
+                dirty |= {k for k in keys if desired.retired.pop(k, None)}
             if dirty:
-                await self.m.persist({key})
+                await self.m.persist(dirty)
             if not result.removed_addresses:
                 break
         return done
