@@ -125,6 +125,12 @@ class Client:
     async def delete_interface(self, name: str, *, netns: str | None = None, force: bool | None = None) -> None:
         await self.call("DeleteInterface", "sa{sv}", [name, _options(netns=netns, force=force)])
 
+    async def create_interfaces(self, entries: list[tuple[str, int, dict[str, Any]]], *,
+                                netns: str | None = None) -> list[str]:
+        """Object paths, in order; each entry (name, if_id, {link, mtu, external, addresses})."""
+        body = [[name, if_id, _options(**opts)] for name, if_id, opts in entries]
+        return (await self.call("CreateInterfaces", "a(sua{sv})a{sv}", [body, _options(netns=netns)]))[0]
+
     async def delete_interfaces(self, names: list[str], *, netns: str | None = None,
                                 force: bool | None = None) -> None:
         await self.call("DeleteInterfaces", "asa{sv}", [list(names), _options(netns=netns, force=force)])

@@ -32,6 +32,7 @@ def test_contract_names_and_signatures():
     assert sigs == {
         "CreateInterface": ("sua{sv}", "o"),
         "DeleteInterface": ("sa{sv}", ""),
+        "CreateInterfaces": ("a(sua{sv})a{sv}", "ao"),  # issue 6's bulk creation
         "DeleteInterfaces": ("asa{sv}", ""),  # issue 6's bulk deletion (an addition to the contract)
         "Attach": ("ssa{sv}", "ouuu"),
         "Detach": ("ssa{sv}", "b"),

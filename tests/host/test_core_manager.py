@@ -501,3 +501,31 @@ async def test_delete_interfaces_in_one_change(manager, kernel):
     await manager.delete_interfaces(["ipsec25"], force=True)
     await manager.delete_interfaces([])
     assert [i.name for i in manager.interfaces()] == ["ipsec24", "ipsec26"]
+
+
+async def test_create_interfaces_all_or_nothing(manager, kernel):
+    await manager.create_interface("ipsec30")
+    infos = await manager.create_interfaces([
+        ("ipsec31", 0, {"addresses": ["192.0.2.31/32"]}),
+        ("ipsec30", 0, {}),  # the identical existing one: fine
+        ("ipsec77", 77, {"mtu": 1400}),
+    ])
+    assert [(i.name, i.if_id, i.owned) for i in infos] == [("ipsec31", 31, True), ("ipsec30", 30, True),
+                                                           ("ipsec77", 77, True)]
+    assert {"ipsec30", "ipsec31", "ipsec77"} <= set(ns(kernel).links) and ns(kernel).links["ipsec77"].mtu == 1400
+    assert ns(kernel).addresses["ipsec31"] == {"192.0.2.31/32"}
+    # checked before anything changes
+    for entries, words in (([("ipsec32", 0, {}), ("bad name", 0, {})], "bad name"),
+                           ([("ipsec32", 0, {"colour": "red"})], "'colour'"),
+                           ([("ipsec32", 0, {}), ("ipsec32", 0, {"mtu": 1300})], "twice"),
+                           ("ipsec32", "list")):
+        with pytest.raises(InvalidArgument, match=words):
+            await manager.create_interfaces(entries)
+        assert "ipsec32" not in ns(kernel).links
+    # the kernel refuses one: the others this call created are removed again
+    kernel.fail["create_link"] = Conflict("Interface 'ipsec33' already exists with if_id 9.")
+    with pytest.raises(Conflict):
+        await manager.create_interfaces([("ipsec32", 0, {}), ("ipsec33", 0, {}), ("ipsec34", 0, {})])
+    assert not {"ipsec32", "ipsec33", "ipsec34"} & set(ns(kernel).links)
+    assert [i.name for i in manager.interfaces()] == ["ipsec30", "ipsec31", "ipsec77"]
+    assert await manager.create_interfaces([]) == []

@@ -387,6 +387,28 @@ def test_delete_interfaces_checks_all_then_deletes_in_one_batch(xfrmid, capsys):
     manager_call(a, "DeleteInterfaces", "asa{sv}", "0", "0")  # nothing to do: fine
 
 
+def test_create_interfaces_all_or_nothing(xfrmid):
+    a = xfrmid.address
+    out = manager_call(a, "CreateInterfaces", "a(sua{sv})a{sv}", "3", "ipsec246", "0", "1", "mtu", "u", "1400",
+                       "ipsec247", "0", "0", "ipsec248", "0", "1", "addresses", "as", "1", "10.248.0.1/24",
+                       "0").stdout
+    assert out.split() == ["ao", "3", '"/org/xfrmid1/interface/ipsec246"', '"/org/xfrmid1/interface/ipsec247"',
+                           '"/org/xfrmid1/interface/ipsec248"']
+    assert ip_json("link", "show", "dev", "ipsec246")[0]["mtu"] == 1400
+    assert ip_json("link", "show", "dev", "ipsec247")[0]["ifalias"] == "xfrmid"
+    assert "10.248.0.1" in {x["local"] for x in ip_json("addr", "show", "dev", "ipsec248")[0]["addr_info"]}
+    # a foreign device holds one name: the call fails and the others are not left behind
+    subprocess.run(["ip", "link", "add", "ipsec250", "type", "veth", "peer", "name", "ipsec250p"], check=True)
+    try:
+        assert gdbus_error(a, "CreateInterfaces", "[('ipsec249', 0, @a{sv} {}), ('ipsec250', 0, {})]",
+                           "@a{sv} {}") == "org.xfrmid1.Error.Conflict"
+        assert not link_present("ipsec249")
+    finally:
+        subprocess.run(["ip", "link", "del", "ipsec250"], check=True)
+    manager_call(a, "DeleteInterfaces", "asa{sv}", "3", "ipsec246", "ipsec247", "ipsec248", "0")
+    assert not any(link_present(f"ipsec{i}") for i in (246, 247, 248))
+
+
 def test_xfrmctl_end_to_end(xfrmid, capsys):
     a = xfrmid.address
     # the monitor is a real separate process (it runs until interrupted)

@@ -29,6 +29,7 @@ OPEN_METHODS = frozenset({"ListInterfaces"})
 # Names of output arguments, for introspection (dbus-fast leaves them unnamed).
 OUT_NAMES = {
     "CreateInterface": ["path"],
+    "CreateInterfaces": ["paths"],
     "Attach": ["path", "if_id", "mark", "mask"],
     "Detach": ["deleted"],
     "ListInterfaces": ["interfaces"],
@@ -84,6 +85,13 @@ class ManagerInterface(ServiceInterface):
     async def DeleteInterface(self, name: "s", options: "a{sv}"):
         o = parse_options("DeleteInterface", options)
         await self._manager.delete_interface(name, netns=_ns(o), force=o.get("force", False))
+
+    @dbus_method()
+    async def CreateInterfaces(self, interfaces: "a(sua{sv})", options: "a{sv}") -> "ao":
+        o = parse_options("CreateInterfaces", options)
+        entries = [(name, if_id, parse_options("CreateInterfaces", opts, entry=True)) for name, if_id, opts in interfaces]
+        infos = await self._manager.create_interfaces(entries, netns=_ns(o))
+        return [interface_path(info.name, info.netns) for info in infos]
 
     @dbus_method()
     async def DeleteInterfaces(self, names: "as", options: "a{sv}"):

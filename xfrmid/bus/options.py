@@ -16,6 +16,7 @@ _NETNS = {"netns": "s"}
 OPTIONS: dict[str, dict[str, str]] = {
     "CreateInterface": {**_NETNS, "link": "s", "mtu": "u", "external": "b", "addresses": "as"},
     "DeleteInterface": {**_NETNS, "force": "b"},
+    "CreateInterfaces": dict(_NETNS),  # each entry's own: ENTRY_OPTIONS
     "DeleteInterfaces": {**_NETNS, "force": "b"},
     "Attach": {**_NETNS, "bind_to_caller": "b"},
     "Detach": dict(_NETNS),
@@ -26,12 +27,19 @@ OPTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def parse_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Plain Python values of a method's options, keyed by option name.
+# ... and of each entry of a bulk method (the call's own options hold the namespace)
+ENTRY_OPTIONS: dict[str, dict[str, str]] = {
+    "CreateInterfaces": {"link": "s", "mtu": "u", "external": "b", "addresses": "as"},
+}
+
+
+def parse_options(method: str, options: dict[str, Any], *, entry: bool = False) -> dict[str, Any]:
+    """Plain Python values of a method's options (``entry``: of one entry of a bulk
+    method), keyed by option name.
 
     ``options`` maps keys to dbus_fast Variants (as received from the bus).
     """
-    allowed = OPTIONS.get(method, {})
+    allowed = (ENTRY_OPTIONS if entry else OPTIONS).get(method, {})
     result: dict[str, Any] = {}
     for key, variant in options.items():
         want = allowed.get(key)

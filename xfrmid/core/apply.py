@@ -107,6 +107,10 @@ async def _whole(
     )
 
 
+_SIDE_BY_SIDE = frozenset({"delete_link", "create_link"})  # run concurrently when a plan has several
+IN_FLIGHT = 64  # creations at once (the kernel's answers must fit the socket's buffer)
+
+
 # Actions that hand one spec (the Action field after the verb) to the backend method of the same name.
 _OBJECT_OPS = {
     op: op.split("_", 1)[1]
@@ -162,13 +166,21 @@ async def apply(
         if action.op in ("adopt", "conflict"):
             pos += 1
             continue
-        if action.op == "delete_link":
-            # deletions side by side: the backend deletes concurrent ones in one batch
+        if action.op in _SIDE_BY_SIDE:
+            # Deletions side by side: the backend deletes concurrent ones in one batch.
+            # Creations too: the kernel's work on one overlaps the loop's on the others.
             end = pos
-            while end < len(actions) and actions[end].op == "delete_link":
+            while end < len(actions) and actions[end].op == action.op:
                 end += 1
             batch = actions[pos:end]
-            outcomes = await asyncio.gather(*(run_action(kernel, a) for a in batch), return_exceptions=True)
+            # (the reaper bounds its own requests; creations are bounded here)
+            bound = asyncio.Semaphore(IN_FLIGHT if action.op == "create_link" else len(batch))
+
+            async def bounded(one: Action) -> LinkState | None:
+                async with bound:
+                    return await run_action(kernel, one)
+
+            outcomes = await asyncio.gather(*(bounded(a) for a in batch), return_exceptions=True)
             pos = end
         else:
             batch = [action]

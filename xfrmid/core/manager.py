@@ -27,6 +27,7 @@ Choices where the contract is silent:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -181,6 +182,48 @@ class Manager:
         Different if_id, underlying link, mode or MTU than the existing one: Conflict.
         """
         netns, name = check_netns(netns), check_ifname(name)
+        args = self._create_args(name, if_id, link, mtu, external, addresses)
+        key = (netns, name)
+        async with self._op(key):
+            await self._sync.change(key, await self._create_change(key, *args))
+            return self.view(key)
+
+    async def create_interfaces(self, entries: Sequence[tuple[str, int, dict]], *,
+                                netns: str | None = None) -> list[InterfaceInfo]:
+        """create_interface for many interfaces of one namespace in one change: each entry
+        (name, if_id, {link, mtu, external, addresses}). All or nothing: every entry is
+        checked first, and if the kernel refuses one, those this call created are removed."""
+        if isinstance(entries, (str, bytes)) or not all(isinstance(e, (tuple, list)) and len(e) == 3 for e in entries):
+            raise InvalidArgument(f"Interfaces {entries!r} must be a list of (name, if_id, options).")
+        netns = check_netns(netns)
+        wanted: dict[str, tuple] = {}
+        for name, if_id, options in entries:
+            name = check_ifname(name)
+            unknown = set(options) - {"link", "mtu", "external", "addresses"}
+            if unknown:
+                raise InvalidArgument(f"Option {sorted(unknown)[0]!r} of interface {name!r} is not known to "
+                                      "CreateInterfaces (known options: addresses, external, link, mtu).")
+            args = self._create_args(name, if_id, options.get("link"), options.get("mtu"),
+                                     options.get("external", False), options.get("addresses", ()))
+            if wanted.setdefault(name, args) != args:
+                raise InvalidArgument(f"Interface {name!r} is asked for twice, differently.")
+        names = sorted(wanted)
+        keys = [(netns, name) for name in names]
+        if not keys:
+            return []
+        async with self._ops(keys):
+            changes = await asyncio.gather(*(self._create_change(key, *wanted[key[1]]) for key in keys))
+
+            def change() -> None:
+                for one in changes:
+                    one()
+
+            await change_many(self._sync, netns, names, change)
+            return [self.view((netns, check_ifname(e[0]))) for e in entries]
+
+    def _create_args(self, name: str, if_id: int, link: str | None, mtu: int | None, external: bool,
+                     addresses: Sequence[str]) -> tuple:
+        """create_interface's arguments checked: (if_id, link, mtu, external, cidrs)."""
         check_u32("if_id", if_id)
         link = None if link in (None, "") else check_ifname(link)
         mtu = check_mtu(mtu, name)
@@ -188,39 +231,41 @@ class Manager:
             raise InvalidArgument(f"Option external {external!r} is not a boolean.")
         if isinstance(addresses, str):
             raise InvalidArgument(f"Addresses {addresses!r} must be a list of addresses, not one string.")
-        cidrs = {parse_interface_cidr(a) for a in addresses}
-        key = (netns, name)
-        async with self._op(key):
-            iface = self.desired.get(key)
-            fresh = iface is None
+        return if_id, link, mtu, external, frozenset(parse_interface_cidr(a) for a in addresses)
+
+    async def _create_change(self, key: Key, if_id: int, link: str | None, mtu: int | None, external: bool,
+                             cidrs: frozenset[str]):
+        """The desired-state change that creates (or re-asserts) ``key``; the caller holds its lock."""
+        netns, name = key
+        iface = self.desired.get(key)
+        fresh = iface is None
+        if fresh:
+            iface = await new_interface(self, netns, name, if_id, link=link, mtu=mtu, external=external)
+        else:
+            same_link(iface, if_id, link, external, self.settings)
+        if mtu is not None and mtu != iface.mtu:
+            if not iface.owned:
+                have = self._sync.links.get(key)
+                if have is None or have.mtu != mtu:
+                    raise Conflict(f"Interface {name!r}{where(netns)} was not created by xfrmid; "
+                                   f"its MTU is not changed to {mtu}.")
+            elif iface.mtu is not None and not fresh:
+                raise Conflict(f"Interface {name!r}{where(netns)} exists with MTU {iface.mtu}, not {mtu}.")
+        # a link the get just found absent has no addresses
+        on_link = await self._addresses_on_link(key) if cidrs and key not in self._sync.absent else set()
+
+        def change() -> None:
             if fresh:
-                iface = await new_interface(self, netns, name, if_id, link=link, mtu=mtu, external=external)
-            else:
-                same_link(iface, if_id, link, external, self.settings)
-            if mtu is not None and mtu != iface.mtu:
-                if not iface.owned:
-                    have = self._sync.links.get(key)
-                    if have is None or have.mtu != mtu:
-                        raise Conflict(f"Interface {name!r}{where(netns)} was not created by xfrmid; "
-                                       f"its MTU is not changed to {mtu}.")
-                elif iface.mtu is not None and not fresh:
-                    raise Conflict(f"Interface {name!r}{where(netns)} exists with MTU {iface.mtu}, not {mtu}.")
-            # a link the get just found absent has no addresses
-            on_link = await self._addresses_on_link(key) if cidrs and key not in self._sync.absent else set()
+                self.desired.put(iface)
+            current = self.desired.interfaces[key]
+            current.explicit = True
+            current.linger_until = None
+            if mtu is not None and current.owned:
+                current.mtu = mtu
+            self.desired.hold_created(key, set(cidrs), on_link)
+            self._linger.cancel(key)
 
-            def change() -> None:
-                if fresh:
-                    self.desired.put(iface)
-                current = self.desired.interfaces[key]
-                current.explicit = True
-                current.linger_until = None
-                if mtu is not None and current.owned:
-                    current.mtu = mtu
-                self.desired.hold_created(key, cidrs, on_link)
-                self._linger.cancel(key)
-
-            await self._sync.change(key, change)
-            return self.view(key)
+        return change
 
     async def delete_interface(self, name: str, *, netns: str | None = None, force: bool = False) -> None:
         """Delete an interface xfrmid created. NotOwned if adopted, Busy while owners are attached unless force."""
