@@ -89,10 +89,12 @@ async def pipelined(calls, seconds: float, window: int = WINDOW) -> tuple[float,
 
 
 async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, deadline: float,
-                        window: int = WINDOW) -> list[dict]:
+                        window: int = WINDOW, single: bool = False) -> list[dict]:
     """create and delete: n interfaces through the API vs ip -batch of the same links.
 
-    ``deadline`` (seconds, 0 none): each of create and delete stops sending calls
+    ``single``: one CreateInterface/DeleteInterface call per interface, ``window`` in
+    flight, instead of one CreateInterfaces/DeleteInterfaces call for all.
+    ``deadline`` (seconds, 0 none; single calls only): each of create and delete stops sending calls
     after that long; a row cut short says so (xfrmid and ratio null, completed,
     elapsed_s, and the per-call ratio of what was done).
     """
@@ -107,16 +109,22 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
         raise RuntimeError(f"link del group 121 left {xfrm_count(base_ns)} links in {base_ns}")
     # what the bus alone costs: n Properties.Get through the same pipeline (no kernel work)
     bus_floor, _ = await pipelined([lambda: get_version(client) for _ in range(n)], 0, window)
-    # one CreateInterfaces call (issue 6 allows bulk calls where single calls cannot reach the target)
-    start = time.perf_counter()
-    await client.create_interfaces([(nm, 0, {}) for nm in names(n)])
-    took_create, created = time.perf_counter() - start, n
+    if single:
+        took_create, created = await pipelined(
+            [lambda nm=nm: client.create_interface(nm) for nm in names(n)], deadline, window)
+    else:  # one CreateInterfaces call (issue 6 allows bulk calls where single calls cannot reach the target)
+        start = time.perf_counter()
+        await client.create_interfaces([(nm, 0, {}) for nm in names(n)])
+        took_create, created = time.perf_counter() - start, n
     if xfrm_count(xfrmid_ns) != created:
         raise RuntimeError(f"create left {xfrm_count(xfrmid_ns)} links in the kernel after {created} calls")
-    # one DeleteInterfaces call (issue 6 allows bulk calls where single calls cannot reach the target)
-    start = time.perf_counter()
-    await client.delete_interfaces(names(created))
-    took_delete, deleted = time.perf_counter() - start, created
+    if single:
+        took_delete, deleted = await pipelined(
+            [lambda nm=nm: client.delete_interface(nm) for nm in names(created)], deadline, window)
+    else:  # one DeleteInterfaces call
+        start = time.perf_counter()
+        await client.delete_interfaces(names(created))
+        took_delete, deleted = time.perf_counter() - start, created
     if xfrm_count(xfrmid_ns) != created - deleted:
         raise RuntimeError(f"delete left {xfrm_count(xfrmid_ns)} links in the kernel, not {created - deleted}")
 
@@ -129,12 +137,12 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
 
     return [
         row("create", took_create if created == n else None, base_create, n, 1.5,
-            baseline_tool="ip -batch (link add group 120 + link set alias xfrmid up)", api="CreateInterfaces, one call",
+            baseline_tool="ip -batch (link add group 120 + link set alias xfrmid up)", api="CreateInterface per interface" if single else "CreateInterfaces, one call",
             kernel_floor_s=_r(floor_create), kernel_floor_tool="ip -batch (bare link add type xfrm)",
             bus_floor_s=_r(bus_floor), bus_floor_tool=f"{n} Properties.Get, {window} in flight",
             **explained(took_create, created, base_create)),
         row("delete", took_delete if created == n and deleted == n else None, base_delete, n, 1.0,
-            baseline_tool="ip -batch (link del)", kernel_bulk_s=_r(bulk_delete), api="DeleteInterfaces, one call",
+            baseline_tool="ip -batch (link del)", kernel_bulk_s=_r(bulk_delete), api="DeleteInterface per interface" if single else "DeleteInterfaces, one call",
             kernel_bulk_tool="ip -batch (link set group 121 per link, then one link del group 121)",
             **explained(took_delete, deleted, base_delete)),
     ]

@@ -38,9 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="DIR", help="run each daemon under py-spy, collapsed stacks in DIR")
     parser.add_argument("--storm-wait", type=float, default=60.0,
                         help="seconds to wait for the drift repair after the storm (at least 5x the burst)")
+    parser.add_argument("--single-calls", action="store_true",
+                        help="create and delete with one call per interface (--window in flight), "
+                             "not one CreateInterfaces/DeleteInterfaces call")
     parser.add_argument("--deadline", type=float, default=0.0,
-                        help="seconds after which create, and then delete, stop sending calls (0: none); "
-                             "a row cut short has xfrmid null and says how many calls completed")
+                        help="with --single-calls: seconds after which create, and then delete, stop sending "
+                             "calls (0: none); a row cut short has xfrmid null and says how many calls completed")
     parser.add_argument("--window", type=int, default=cases.WINDOW,
                         help=f"calls in flight for create/delete (default {cases.WINDOW}; the system bus "
                              "allows 128 pending replies per connection)")
@@ -128,7 +131,7 @@ def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, 
     daemon = start_daemon(bus, api_ns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "create-delete"))
     try:
         rows.extend(asyncio.run(_with_client(
-            bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.deadline, args.window))))
+            bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.deadline, args.window, args.single_calls))))
         save(rows, out)
     except Exception:
         _tail_on_error(daemon)
