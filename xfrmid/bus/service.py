@@ -15,7 +15,7 @@ import contextvars
 import logging
 from typing import Any, Awaitable, Callable
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import MessageFlag, NameFlag, RequestNameReply
 from dbus_fast import introspection as intr
@@ -85,6 +85,7 @@ class BusService:
         # caller left meanwhile (NameOwnerChanged arrived): see _attach_finished
         self._attaching: dict[str, int] = {}
         self._left_while_attaching: set[str] = set()
+        self._outbox: list[Message] = []  # signals of this loop iteration, in order (see _signal)
 
     @property
     def bus(self) -> XfrmidMessageBus:
@@ -114,6 +115,7 @@ class BusService:
         log.info("serving %s on the bus as %s", BUS_NAME, self._bus.unique_name)
 
     async def stop(self) -> None:
+        self._send_signals()  # what the last changes announced
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -225,15 +227,34 @@ class BusService:
     # ---- ManagerListener ------------------------------------------------
 
     def _signal(self, path: str, interface: str, member: str, signature: str, body: list[Any]) -> None:
+        """Queue a signal; the queue is sent, in order, right after the current loop iteration.
+
+        So a call's own signals follow its reply instead of delaying it: each send wakes
+        the bus daemon, which under emulation costs as much as the rest of an Attach.
+        GDBus and NetworkManager send PropertiesChanged the same way (from an idle
+        callback). The reply never runs ahead of the properties: the tree already holds
+        the new view, so a Get right after it reads the new value.
+        """
         if not self._bus.connected:
             return
-        self._bus.send(Message.new_signal(path, interface, member, signature, body))
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send_signals)
+        self._outbox.append(Message.new_signal(path, interface, member, signature, body))
+
+    def _send_signals(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if not self._bus.connected:
+            return
+        for msg in outbox:
+            self._bus.send(msg)
 
     def _count_changed(self) -> None:
         count = len(self._tree)
         if count != self._count:
             self._count = count
-            self._root.emit_properties_changed({"InterfaceCount": count})
+            # through the queue too, so it stays behind the InterfacesAdded/Removed it follows
+            self._signal(MANAGER_PATH, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
+                         [MANAGER_IFACE, {"InterfaceCount": Variant("u", count)}, []])
 
     def interface_added(self, info: InterfaceInfo) -> None:
         self.interface_changed(info)
