@@ -85,10 +85,14 @@ def test_unprivileged_caller_is_denied(env, method, sig, args):
 def _gvariant_args(sig: str, args: list[str]) -> list[str]:
     """busctl arguments -> gdbus (GVariant text) arguments for the methods above."""
     out, i = [], 0
-    for ch in sig.replace("a{sv}", "D"):
+    for ch in sig.replace("a{sv}", "D").replace("as", "A"):
         if ch == "D":
             out.append("@a{sv} {}")
             i += 1
+        elif ch == "A":  # busctl: count, then the strings
+            count = int(args[i])
+            out.append("@as " + repr(args[i + 1:i + 1 + count]))
+            i += 1 + count
         elif ch == "u":
             out.append(f"uint32 {args[i]}")
             i += 1
