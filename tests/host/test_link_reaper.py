@@ -29,7 +29,7 @@ class ScriptedRtnl:
         self.busy: set[int] = set()  # deleting these fails with EBUSY
         self.group_fails = False
 
-    async def transact(self, ipr, msg_type, body, flags=0, slow=False):
+    async def transact(self, ipr, msg_type, body, flags=0):
         await asyncio.sleep(0)
         index = _IFINFO.unpack_from(body, 0)[2]
         attrs = {"IFLA_GROUP": g} if (g := nlattrs.pick(body, 16, len(body), {IFLA_GROUP: nlattrs.u32}).get(

@@ -37,9 +37,9 @@ async def test_concurrent_deletes_are_one_batch(kernel, netns, monkeypatch):
     sent = []
     real = link_reaper.rawnl
 
-    async def counting(ipr, msg_type, body, flags=real.F_REQ, **kw):
+    async def counting(ipr, msg_type, body, flags=real.F_REQ):
         sent.append(msg_type)
-        return await real.transact(ipr, msg_type, body, flags, **kw)
+        return await real.transact(ipr, msg_type, body, flags)
 
     # the reaper's requests only (the gets of delete_link go through rawnl too)
     monkeypatch.setattr(link_reaper, "rawnl", SimpleNamespace(

@@ -294,9 +294,9 @@ async def test_round_trips_per_operation(kernel, netns, monkeypatch):
     sent = []
     real_transact = rawnl.transact
 
-    async def counting(ipr, msg_type, body, flags=rawnl.F_REQ, **kw):
+    async def counting(ipr, msg_type, body, flags=rawnl.F_REQ):
         sent.append(msg_type)
-        return await real_transact(ipr, msg_type, body, flags, **kw)
+        return await real_transact(ipr, msg_type, body, flags)
 
     async def no_dump(*args, **kwargs):
         raise AssertionError("no dump expected")

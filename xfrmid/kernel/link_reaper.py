@@ -124,7 +124,7 @@ class LinkReaper:
         self.stats.deletions += 1
         self.stats.group_deletions += 1
         try:
-            await rawnl.transact(self._ipr, RTM_DELLINK, msg, slow=True)
+            await rawnl.transact(self._ipr, RTM_DELLINK, msg)
         except Exception as exc:  # noqa: BLE001 - each caller gets its own result below
             if code_of(exc) == ENODEV:  # none left in the group: others deleted them meanwhile
                 for doomed in moved:
@@ -145,7 +145,7 @@ class LinkReaper:
         msg = rawnl.ifinfo(index=doomed.ifindex) + rawnl.link_attrs(group=XFRMID_DELETING_GROUP)
         self.stats.moves += 1
         try:
-            await rawnl.transact(self._ipr, RTM_NEWLINK, msg, slow=True)
+            await rawnl.transact(self._ipr, RTM_NEWLINK, msg)
         except Exception as exc:  # noqa: BLE001 - this caller's result; the batch goes on
             _fail(doomed, self._error(doomed, exc))
             return False
@@ -154,7 +154,7 @@ class LinkReaper:
     async def _delete_one(self, doomed: _Doomed, restore: bool = False) -> None:
         self.stats.deletions += 1
         try:
-            await rawnl.transact(self._ipr, RTM_DELLINK, rawnl.ifinfo(index=doomed.ifindex), slow=True)
+            await rawnl.transact(self._ipr, RTM_DELLINK, rawnl.ifinfo(index=doomed.ifindex))
         except Exception as exc:  # noqa: BLE001 - this caller's result
             error = self._error(doomed, exc)
             if restore and not isinstance(error, NotFound):

@@ -17,7 +17,6 @@ links costs many times the kernel's own work.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -141,7 +140,7 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
     doing = f"Creating interface {spec.name!r}{where(netns)}"
     for attempt in range(3):
         try:
-            await rawnl.transact(ipr, RTM_NEWLINK, _create_message(spec, link_index), F_CREATE, slow=True)
+            await rawnl.transact(ipr, RTM_NEWLINK, _create_message(spec, link_index), F_CREATE)
             break
         except NetlinkError as exc:
             if code_of(exc) != 17:
@@ -156,7 +155,7 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
     up = IFF_UP if spec.up else 0
     mark = rawnl.ifinfo(flags=up, change=up) + rawnl.link_attrs(name=spec.name, alias=XFRMID_ALIAS)
     try:
-        await rawnl.transact(ipr, RTM_NEWLINK, mark, slow=True)
+        await rawnl.transact(ipr, RTM_NEWLINK, mark)
     except NetlinkError as exc:
         if code_of(exc) == 19:  # ENODEV
             raise NotFound(f"{doing} failed: it vanished right after creation.") from None
@@ -240,7 +239,7 @@ async def change_link(
     msg = rawnl.ifinfo(index=state.ifindex, flags=flags, change=IFF_UP if up is not None else 0)
     markers = rawnl.link_attrs(group=XFRMID_LINK_GROUP, alias=XFRMID_ALIAS) if mark else b""
     try:
-        await rawnl.transact(ipr, RTM_NEWLINK, msg + rawnl.link_attrs(mtu=mtu) + markers, slow=True)
+        await rawnl.transact(ipr, RTM_NEWLINK, msg + rawnl.link_attrs(mtu=mtu) + markers)
     except NetlinkError as exc:
         if code_of(exc) == 19:  # ENODEV: someone deleted it meanwhile
             raise NotFound(f"Interface {name!r} does not exist{where(netns)}.") from None

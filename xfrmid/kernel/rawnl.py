@@ -16,11 +16,9 @@ reach the right waiter whichever API sent the request.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import itertools
 import struct
-from concurrent.futures import ThreadPoolExecutor
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -94,39 +92,21 @@ def linkinfo(kind: str, data: bytes) -> bytes:
     return nest(IFLA_LINKINFO, text(IFLA_INFO_KIND, kind), nest(IFLA_INFO_DATA, data))
 
 
-# The kernel does a request's work inside the sender's sendmsg(2) (rtnetlink is
-# synchronous): creating or deleting a link holds the sending thread for
-# milliseconds. Such requests are sent from one helper thread, which waits in the
-# kernel without the GIL while the event loop goes on with other calls; one
-# thread, so requests reach the kernel in the order they were sent.
-_sender: ThreadPoolExecutor | None = None
-
-
-def _sender_pool() -> ThreadPoolExecutor:
-    global _sender
-    if _sender is None:
-        _sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xfrmid-rtnl")
-    return _sender
-
-
-async def transact(ipr, msg_type: int, body: bytes, flags: int = F_REQ, *, slow: bool = False) -> list[RawMessage]:
+async def transact(ipr, msg_type: int, body: bytes, flags: int = F_REQ) -> list[RawMessage]:
     """Send one request; the reply messages before the kernel's ack (raises NetlinkError).
 
     Every request asks for an ack (NLM_F_ACK), so the answer always ends with an
-    NLMSG_ERROR: zero for success, else the negative errno. ``slow``: the kernel
-    works long on it (a link created or deleted): sent from the helper thread.
+    NLMSG_ERROR: zero for success, else the negative errno. The kernel does the
+    work inside this send (rtnetlink is synchronous). Sending from a helper
+    thread, so the loop could go on meanwhile, was measured slower: the hand-offs
+    cost more than the overlap gained (bench/README.md, session 5).
     """
     seq = _next_seq()
     await ipr.setup_endpoint()  # the socket's reader and queue exist from here on
     queue = ipr.msg_queue
     queue.ensure_tag(seq)
     try:
-        data = _HDR.pack(16 + len(body), msg_type, flags, seq, 0) + body
-        if slow:
-            # pyroute2's socket object is per thread: hand the helper this thread's
-            await asyncio.get_running_loop().run_in_executor(_sender_pool(), ipr.socket.send, data)
-        else:
-            ipr.send(data)
+        ipr.send(_HDR.pack(16 + len(body), msg_type, flags, seq, 0) + body)
         out: list[RawMessage] = []
         while True:
             data = await queue.get(seq)
