@@ -25,8 +25,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..naming import Identity, check_ifname, check_unique
-from . import link_msgs, nlattrs, rawnl, xfrm_kind
-from .events import _IFINFO, IFLA_IFNAME, _walk
+from . import link_msgs, rawnl, xfrm_kind
 from .link_msgs import IFF_UP, KIND, get_link, names_by_get, xfrm_state
 from .namespace import F_CREATE, F_REQ, raw_dump, where
 from .nlerrors import NO_XFRM_KIND, code_of, translate
@@ -51,15 +50,10 @@ async def names_of(ipr, indices: set[int]) -> dict[int, str]:
     query["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
     raw = await raw_dump(ipr, query, RTM_GETLINK)
     names: dict[int, str] = {}
-    for mtype, data, pos, end in raw:
-        if mtype != RTM_NEWLINK:
-            continue
-        index = _IFINFO.unpack_from(data, pos)[2]
-        if index in indices:
-            for atype, start, stop in _walk(data, pos + 16, end):
-                if atype == IFLA_IFNAME:  # the kernel puts it first: stop there
-                    names[index] = nlattrs.text(data, start, stop)
-                    break
+    for msg in raw:
+        if msg[0] == RTM_NEWLINK and (index := link_msgs.index(msg)) in indices:
+            if (name := link_msgs.name(msg)) is not None:
+                names[index] = name
     return names
 
 
