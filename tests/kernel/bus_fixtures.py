@@ -97,6 +97,47 @@ def xfrmctl(address: str, *args: str, user: bool = False, check: bool = False) -
     return proc
 
 
+def gdbus(address: str, method: str, *args: str, path: str = "/org/xfrmid1") -> subprocess.CompletedProcess:
+    """gdbus (GLib's implementation): prints the D-Bus error name on failure."""
+    return subprocess.run(
+        ["gdbus", "call", "--address", address, "--dest", "org.xfrmid1", "--object-path", path,
+         "--method", method, *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def gdbus_failure(address: str, method: str, *args: str) -> tuple[str, str]:
+    """(error name, message) of a Manager call through gdbus that must fail, without a traceback."""
+    proc = gdbus(address, f"org.xfrmid1.Manager.{method}", *args)
+    assert proc.returncode != 0, f"{method} {args} unexpectedly succeeded: {proc.stdout}"
+    assert "Traceback" not in proc.stderr
+    # "Error: GDBus.Error:org.xfrmid1.Error.NotFound: Interface 'x' ..."
+    name, _, text = proc.stderr.strip().split("GDBus.Error:", 1)[1].partition(": ")
+    return name, text
+
+
+def gdbus_error(address: str, method: str, *args: str) -> str:
+    """The D-Bus error name of a Manager call through gdbus that must fail."""
+    return gdbus_failure(address, method, *args)[0]
+
+
+def props(address: str, path: str) -> dict:
+    """An interface object's org.xfrmid1.Interface properties, read by busctl."""
+    data = busctl_json(address, "call", "org.xfrmid1", path, "org.freedesktop.DBus.Properties",
+                       "GetAll", "s", "org.xfrmid1.Interface")
+    return {k: v["data"] for k, v in data["data"][0].items()}
+
+
+def xfrmctl_here(capsys, address: str, *args: str) -> tuple[int, str, str]:
+    """xfrmctl in this process (a Python start-up costs much in the VM): (rc, stdout, stderr)."""
+    from xfrmid.cli.main import main
+
+    capsys.readouterr()
+    rc = main(["--bus", address, *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 @dataclass
 class Daemon:
     bus: PrivateBus

@@ -21,7 +21,7 @@ import pytest
 
 from xfrmid import errors
 
-from .bus_fixtures import client, manager_call, private_bus, xfrmid  # noqa: F401 - fixtures
+from .bus_fixtures import client, gdbus_failure, manager_call, private_bus, xfrmid  # noqa: F401 - fixtures
 
 BLOCK = Path("/etc/modprobe.d/xfrmid-test-no-xfrm-interface.conf")
 MODULE = Path("/sys/module/xfrm_interface")
@@ -80,20 +80,6 @@ def no_xfrm_module(xfrmid):
         state.restore()
 
 
-def gdbus_error(address: str, method: str, *args: str) -> tuple[str, str]:
-    """(error name, message) of a failing gdbus call to the Manager."""
-    proc = subprocess.run(
-        ["gdbus", "call", "--address", address, "--dest", "org.xfrmid1", "--object-path", "/org/xfrmid1",
-         "--method", f"org.xfrmid1.Manager.{method}", *args],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode != 0, f"{method} {args} unexpectedly succeeded: {proc.stdout}"
-    assert "Traceback" not in proc.stderr
-    # "Error: GDBus.Error:org.xfrmid1.Error.X: sentence"
-    name, _, text = proc.stderr.strip().split("GDBus.Error:", 1)[1].partition(": ")
-    return name, text
-
-
 def assert_one_sentence(text: str, name: str) -> None:
     assert "\n" not in text and "Traceback" not in text and text.endswith("."), text
     assert text.count(". ") == 0, f"more than one sentence: {text}"
@@ -105,10 +91,10 @@ async def test_missing_module_gives_kernel_unsupported_and_daemon_goes_on(xfrmid
     log_before = len(xfrmid.log_text())
 
     # GDBus: Attach in the daemon's namespace and CreateInterface in another one
-    name, text = gdbus_error(a, "Attach", "ipsec260", "conn-a", "@a{sv} {}")
+    name, text = gdbus_failure(a, "Attach", "ipsec260", "conn-a", "@a{sv} {}")
     assert name == UNSUPPORTED, text
     assert_one_sentence(text, "ipsec260")
-    name, text = gdbus_error(a, "CreateInterface", "ipsec261", "0", f"{{'netns': <'{netns}'>}}")
+    name, text = gdbus_failure(a, "CreateInterface", "ipsec261", "0", f"{{'netns': <'{netns}'>}}")
     assert name == UNSUPPORTED, text
     assert_one_sentence(text, "ipsec261")
     assert netns in text
