@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "allows 128 pending replies per connection)")
     parser.add_argument("--startup-only", action="store_true",
                         help="measure only the startup and memory rows (no latency, storm, create/delete)")
+    parser.add_argument("--only", metavar="ROWS",
+                        help="comma-separated phases to run: scale (startup, memory, latency, event_storm) "
+                             "and/or create (create and delete); default both")
     parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
     return parser
 
@@ -152,9 +155,11 @@ def run(args) -> list[dict]:
     try:
         for ns in namespaces:
             netns_add(ns)
-        _scale_phase(args, bus, namespaces[0], work / "scale-state", rows, out)
+        only = set((args.only or "scale,create").split(","))
+        if "scale" in only:
+            _scale_phase(args, bus, namespaces[0], work / "scale-state", rows, out)
         netns_del(namespaces[0])
-        if not args.startup_only:
+        if not args.startup_only and "create" in only:
             _create_delete_phase(args, bus, namespaces[1], namespaces[2], work / "api-state", rows, out)
     finally:
         bus.stop()
