@@ -20,7 +20,8 @@ from xfrmid.core.store import StateStore
 from xfrmid.kernel.events import Interest, LinkEvent
 from xfrmid.kernel.monitor import NetnsMonitor
 
-from .harness import Daemon, ip_batch, median, percentile, timed
+from . import kernel_reads as kernel_reads_mod
+from .harness import TOP, Daemon, ip_batch, median, percentile, timed
 
 # Calls in flight at once: the client pipelines, as the issue allows. A system
 # bus lets one connection wait for at most 128 replies (dbus-daemon's
@@ -172,18 +173,32 @@ def prepare_scale(netns: str, state_dir: Path, n: int) -> float:
     return took
 
 
-def kernel_reads(netns: str) -> float:
-    """Seconds iproute2 takes to list what xfrmid reads at start-up: links, addresses, routes, rules."""
-    return sum(timed(["ip", "-n", netns] + args) for args in
-               (["-d", "link", "show"], ["addr", "show"], ["route", "show", "table", "all"],
-                ["-6", "route", "show", "table", "all"], ["rule", "show"]))
+def kernel_reads(netns: str) -> dict:
+    """The reads of the start-up reconcile, by iproute2 and by a bare netlink reader (kernel_reads.py)."""
+    return {"iproute2": kernel_reads_mod.iproute2_reads(netns), "raw": kernel_reads_mod.raw_reads(netns),
+            **kernel_reads_mod.python_floor(str(TOP))}
 
 
-def startup_row(daemon: Daemon, baseline: float, n: int, reads: float | None = None) -> dict:
-    """READY=1 after the exec, with the phases (seconds from the exec) from the daemon's log."""
-    return row("startup", daemon.ready - daemon.started, baseline, n, 3.0,
-               baseline_tool="ip -d link show", phases=daemon.phases(),
-               iproute2_reads_s=_r(reads),
+def startup_row(daemon: Daemon, baseline: tuple[float, float, float], n: int, reads: dict | None = None) -> dict:
+    """READY=1 after the exec, with the phases (seconds from the exec) from the daemon's log.
+
+    ``baseline``: (wall, user, sys) of ``ip -d link show``. ``reads`` (kernel_reads()):
+    the kernel's share, the system CPU time of a bare netlink reader making the
+    reconcile's dumps (``kernel_reads_sys_s``), beside the daemon's own CPU time.
+    """
+    user, system = daemon.cpu_s()
+    iproute2, raw = (reads or {}).get("iproute2") or {}, (reads or {}).get("raw") or {}
+    return row("startup", daemon.ready - daemon.started, baseline[0], n, 3.0,
+               baseline_tool="ip -d link show", baseline_user_s=_r(baseline[1]), baseline_sys_s=_r(baseline[2]),
+               phases=daemon.phases(),
+               iproute2_reads_s=_r(iproute2.get("wall_s")), iproute2_reads_user_s=_r(iproute2.get("user_s")),
+               iproute2_reads_sys_s=_r(iproute2.get("sys_s")),
+               kernel_reads_s=_r(raw.get("wall_s")), kernel_reads_user_s=_r(raw.get("user_s")),
+               kernel_reads_sys_s=_r(raw.get("sys_s")), kernel_reads_messages=raw.get("messages"),
+               kernel_reads_tool="bare netlink dumps (xfrm links, addresses, routes of protocol 120, rules), "
+                                 "replies unparsed; sys = the kernel's work",
+               daemon_user_s=_r(user), daemon_sys_s=_r(system),
+               python_start=(reads or {}).get("python_start"), python_imports=(reads or {}).get("python_imports"),
                includes="python start and imports, kernel probe, start-up reconcile (dumps, state file, "
                         "plan), watcher, bus connection, objects exported, bus name, READY=1")
 

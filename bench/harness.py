@@ -160,6 +160,12 @@ class Daemon:
             "ready_s": None if self.ready is None else round(self.ready - self.started, 3),
         }
 
+    def cpu_s(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the daemon has used so far (/proc/PID/stat)."""
+        fields = Path(f"/proc/{daemon_pid(self)}/stat").read_text().rpartition(")")[2].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
     def rss_mb(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) in MiB."""
         values = {}

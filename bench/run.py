@@ -24,6 +24,7 @@ from pathlib import Path
 from xfrmid.client import Client
 
 from . import cases
+from .kernel_reads import child_times
 from .harness import TOP, netns_add, netns_del, start_bus, start_daemon, timed
 
 
@@ -102,13 +103,14 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
     log(f"preparing {args.scale} managed interfaces (ip -batch and a state file)")
     took = cases.prepare_scale(netns, state_dir, args.scale)
     log(f"prepared in {took:.1f}s; baseline ip -d link show")
-    listing = timed(["ip", "-n", netns, "-d", "link", "show"])
+    listing = child_times(["ip", "-n", netns, "-d", "link", "show"])
     reads = cases.kernel_reads(netns)
-    log(f"ip -d link show: {listing:.1f}s; links, addresses, routes and rules: {reads:.1f}s; starting xfrmid")
+    log(f"ip -d link show: {listing[0]:.1f}s (user {listing[1]:.2f}s, sys {listing[2]:.2f}s); iproute2 reading "
+        f"links, addresses, routes and rules: {reads['iproute2']}; bare netlink dumps: {reads['raw']}; starting xfrmid")
     daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "scale"))
     try:
         rows.append(cases.startup_row(daemon, listing, args.scale, reads))
-        log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing:.1f}s), phases {rows[-1]['phases']}; latency")
+        log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing[0]:.1f}s), phases {rows[-1]['phases']}; latency")
         rows.append(cases.memory_row(daemon, args.scale))
         save(rows, out)
         if args.startup_only:

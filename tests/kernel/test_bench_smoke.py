@@ -39,6 +39,11 @@ def test_bench_smoke_writes_all_six_rows(tmp_path, capsys):
     # the storm whose events reach the daemon
     assert all(v is not None for v in by["startup"]["phases"].values()), by["startup"]
     assert by["startup"]["iproute2_reads_s"] > 0
+    # the kernel's share: the bare reader saw the 12 links, addresses and routes
+    assert by["startup"]["kernel_reads_s"] > 0 and by["startup"]["kernel_reads_sys_s"] is not None
+    assert by["startup"]["kernel_reads_messages"]["xfrm links"] == 12
+    assert by["startup"]["kernel_reads_messages"]["xfrmid's routes"] == 12
+    assert by["startup"]["daemon_user_s"] > 0
     assert by["create"]["kernel_floor_s"] > 0 and by["delete"]["kernel_bulk_s"] > 0
     assert by["create"]["completed"] == by["delete"]["completed"] == 12
     assert by["event_storm"]["repaired"] and by["event_storm"]["foreign_xfrm"]["repaired"], by["event_storm"]
