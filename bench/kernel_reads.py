@@ -25,29 +25,23 @@ import subprocess
 import sys
 import time
 
+from xfrmid.kernel.events import IFLA_INFO_KIND, IFLA_LINKINFO
+from xfrmid.kernel.links import RTEXT_FILTER_SKIP_STATS
 from xfrmid.kernel.namespace import open_netns_fd
+from xfrmid.kernel.objects import XFRMID_PROTO
+from xfrmid.kernel.rawnl import IFLA_EXT_MASK, ifinfo, nest, text, u32
 
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETRULE = 18, 22, 26, 34
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
-IFLA_LINKINFO, IFLA_INFO_KIND, IFLA_EXT_MASK = 18, 1, 29
-RTEXT_FILTER_SKIP_STATS = 1 << 3
-NLA_F_NESTED = 0x8000
-XFRMID_PROTO = 120
 _HDR = struct.Struct("=IHHII")
 
 
-def _attr(atype: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, atype) + payload + b"\0" * (-length % 4)
-
-
 def _requests() -> list[tuple[str, int, bytes]]:
-    """(what, message type, payload) of the four dumps the start-up reconcile makes."""
-    ifinfo = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
-    link = ifinfo + _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS)) + _attr(
-        IFLA_LINKINFO | NLA_F_NESTED, _attr(IFLA_INFO_KIND, b"xfrm\0"))
+    """(what, message type, payload) of the four dumps the start-up reconcile makes
+    (built with the daemon's own message helpers, kernel/rawnl.py)."""
+    link = ifinfo() + u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS) + nest(IFLA_LINKINFO, text(IFLA_INFO_KIND, "xfrm"))
     addr = struct.pack("=BBBBI", 0, 0, 0, 0, 0)
     # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
     route = struct.pack("=BBBBBBBBI", 0, 0, 0, 0, 0, XFRMID_PROTO, 0, 0, 0)
@@ -103,10 +97,10 @@ IPROUTE2_READS = (["-d", "link", "show"], ["addr", "show"], ["route", "show", "t
                   ["-6", "route", "show", "table", "all"], ["rule", "show"])
 
 
-def child_times(cmd: list[str]) -> tuple[float, float, float]:
-    """(wall, user, system) seconds of one command, output discarded."""
+def child_times(cmd: list[str], **popen) -> tuple[float, float, float]:
+    """(wall, user, system) seconds of one command, output discarded (wait4's rusage)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
@@ -123,13 +117,8 @@ def python_floor(top: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (top, os.environ.get("PYTHONPATH")) if p))
     out = {}
     for what, code in (("python_start", "pass"), ("python_imports", f"import {DAEMON_MODULES}")):
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=top, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status):
-            raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), proc.args)
-        out[what] = {"wall_s": round(time.perf_counter() - start, 4), "user_s": round(usage.ru_utime, 4),
-                     "sys_s": round(usage.ru_stime, 4)}
+        wall, user, system = child_times([sys.executable, "-c", code], cwd=top, env=env)
+        out[what] = {"wall_s": round(wall, 4), "user_s": round(user, 4), "sys_s": round(system, 4)}
     return out
 
 

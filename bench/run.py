@@ -25,7 +25,7 @@ from xfrmid.client import Client
 
 from . import cases
 from .kernel_reads import child_times
-from .harness import TOP, netns_add, netns_del, start_bus, start_daemon, timed
+from .harness import TOP, netns_add, netns_del, start_bus, start_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
