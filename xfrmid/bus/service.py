@@ -245,16 +245,20 @@ class BusService:
         outbox, self._outbox = self._outbox, []
         if not self._bus.connected:
             return
+        # one InterfaceCount change for the whole outbox, after the InterfacesAdded/Removed
+        # it follows (a CreateInterfaces of a thousand: one signal, not a thousand)
+        count = len(self._tree)
+        if count != self._count:
+            self._count = count
+            outbox.append(Message.new_signal(MANAGER_PATH, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
+                                             [MANAGER_IFACE, {"InterfaceCount": Variant("u", count)}, []]))
         for msg in outbox:
             self._bus.send(msg)
 
     def _count_changed(self) -> None:
-        count = len(self._tree)
-        if count != self._count:
-            self._count = count
-            # through the queue too, so it stays behind the InterfacesAdded/Removed it follows
-            self._signal(MANAGER_PATH, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
-                         [MANAGER_IFACE, {"InterfaceCount": Variant("u", count)}, []])
+        """The count is announced when the outbox is sent (``_send_signals``)."""
+        if len(self._tree) != self._count and not self._outbox and self._bus.connected:
+            asyncio.get_running_loop().call_soon(self._send_signals)
 
     def interface_added(self, info: InterfaceInfo) -> None:
         self.interface_changed(info)
