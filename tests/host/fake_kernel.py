@@ -103,7 +103,7 @@ class FakeKernel:
             raise NotFound(f"Interface {name!r} does not exist.")
         return ns.links[name]
 
-    async def create_link(self, netns, spec: LinkSpec) -> LinkState:
+    async def create_link(self, netns, spec: LinkSpec, *, read: bool = True) -> LinkState | None:
         self._op("create_link", spec)
         ns = self._ns(netns)
         have = ns.links.get(spec.name)
@@ -123,7 +123,7 @@ class FakeKernel:
                           external=spec.external, owned=True)
         ns.links[spec.name] = state
         ns.addresses[spec.name] = set()
-        return state
+        return state if read else None
 
     async def change_link(self, netns, name, *, mtu=None, up=None, mark=False) -> LinkState:
         self._op("change_link", (name, mtu, up, "mark") if mark else (name, mtu, up))

@@ -72,3 +72,20 @@ async def test_create_interfaces_all_or_nothing(manager, kernel):
     assert not {"ipsec32", "ipsec33", "ipsec34"} & set(ns(kernel).links)
     assert [i.name for i in manager.interfaces()] == ["ipsec30", "ipsec31", "ipsec77"]
     assert await manager.create_interfaces([]) == []
+
+
+async def test_create_interfaces_many_read_by_dumps(manager, kernel, caplog):
+    """More than FEW new names: one dump says which exist (a foreign one is adopted) and
+    one dump reads the created links, no get per interface; one log line names them all."""
+    kernel.foreign_link("ipsec33", 33)
+    kernel.calls.clear()
+    names = [f"ipsec{i}" for i in range(30, 36)]
+    with caplog.at_level("INFO", logger="xfrmid.core"):
+        views = await manager.create_interfaces([(n, 0, {}) for n in names])
+    assert [v.name for v in views] == names
+    assert {v.name: v.owned for v in views} == {n: n != "ipsec33" for n in names}
+    assert all(v.ifindex == ns(kernel).links[v.name].ifindex for v in views)
+    ops = [op for op, _ in kernel.calls]
+    assert ops.count("create_link") == 5 and "link" not in ops and ops.count("xfrm_links") == 3
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("created ")]
+    assert lines == ["created 5 interfaces: ipsec30, ipsec31, ipsec32, ipsec34, ipsec35"]

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from ..errors import InvalidArgument
 from ..naming import check_ifname
 from ..validate import check_netns
+from .apply import FEW
 from .bulk import change_many
 from .desired import Key
 from .views import InterfaceInfo
@@ -48,7 +49,13 @@ class BulkCalls:
         if not keys:
             return []
         async with self._ops(keys):
-            changes = await asyncio.gather(*(self._create_change(key, *wanted[key[1]]) for key in keys))
+            # Many new names: one dump of the namespace's xfrm links tells which exist
+            # (to adopt) instead of a get each (sync_names dumps them the same way).
+            known = None
+            if sum(key not in self.desired.interfaces for key in keys) > FEW:
+                known = {state.name: state for state in await self.kernel.xfrm_links(netns)}
+            changes = await asyncio.gather(*(self._create_change(key, *wanted[key[1]], known=known)
+                                             for key in keys))
 
             def change() -> None:
                 for one in changes:

@@ -12,6 +12,7 @@ from .desired import NO_ADDRESSES, DesiredInterface, DesiredState
 from .info import where
 
 if TYPE_CHECKING:
+    from ..kernel.objects import LinkState
     from .manager import Manager
 
 MTU_MIN = 68  # the xfrm device's min_mtu (ETH_MIN_MTU)
@@ -66,21 +67,28 @@ async def new_interface(
     link: str | None = None,
     mtu: int | None = None,
     external: bool | None = None,
+    known: "dict[str, LinkState] | None" = None,
 ) -> DesiredInterface:
     """The desired interface for a name not in the desired state yet (not stored here).
 
     A foreign xfrm link of that name is adopted (owned=False) when it agrees with the
     request and the name policy; otherwise xfrmid will create the link (owned=True).
-    ``external`` None (Attach) accepts the existing link's mode.
+    ``external`` None (Attach) accepts the existing link's mode. ``known``: the
+    namespace's xfrm links from one dump just taken (a bulk call), instead of a get.
     """
     policy = manager.settings.name_policy
-    try:
-        have = await manager.kernel.link(netns, name)  # one get, not a dump of the namespace
-    except NotFound:
-        have = None
-        manager.note_absent((netns, name))  # the call's sync need not read it again
-    except InvalidArgument:
-        have = None  # not an xfrm device (the create then says the name is taken)
+    if known is not None:
+        have = known.get(name)  # absent, or not an xfrm device: as below
+        if have is None:
+            manager.note_absent((netns, name))
+    else:
+        try:
+            have = await manager.kernel.link(netns, name)  # one get, not a dump of the namespace
+        except NotFound:
+            have = None
+            manager.note_absent((netns, name))  # the call's sync need not read it again
+        except InvalidArgument:
+            have = None  # not an xfrm device (the create then says the name is taken)
     at = where(netns)
     if have is not None and not have.owned:
         if external is not None and external != have.external:

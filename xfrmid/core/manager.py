@@ -51,6 +51,7 @@ from .views import AttachResult, InterfaceInfo, ManagerListener
 if TYPE_CHECKING:
     from ..kernel.backend import KernelBackend
     from ..kernel.features import Features
+    from ..kernel.objects import LinkState
 
 log = logging.getLogger("xfrmid.core")
 
@@ -200,13 +201,14 @@ class Manager(BulkCalls):
         return if_id, link, mtu, external, frozenset(parse_interface_cidr(a) for a in addresses)
 
     async def _create_change(self, key: Key, if_id: int, link: str | None, mtu: int | None, external: bool,
-                             cidrs: frozenset[str]):
-        """The desired-state change that creates (or re-asserts) ``key``; the caller holds its lock."""
+                             cidrs: frozenset[str], known: "dict[str, LinkState] | None" = None):
+        """The desired-state change that creates (or re-asserts) ``key``; the caller holds its lock.
+        ``known``: the namespace's xfrm links from one dump (see new_interface)."""
         netns, name = key
         iface = self.desired.get(key)
         fresh = iface is None
         if fresh:
-            iface = await new_interface(self, netns, name, if_id, link=link, mtu=mtu, external=external)
+            iface = await new_interface(self, netns, name, if_id, link=link, mtu=mtu, external=external, known=known)
         else:
             same_link(iface, if_id, link, external, self.settings)
         if mtu is not None and mtu != iface.mtu:

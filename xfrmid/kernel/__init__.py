@@ -54,11 +54,11 @@ class Kernel:
         """One xfrm link (NotFound if missing, InvalidArgument if not xfrm)."""
         return await _links.link_state(await self._ns.rtnl(netns), netns, name)
 
-    async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState:
+    async def create_link(self, netns: str | None, spec: LinkSpec, *, read: bool = True) -> LinkState | None:
         ipr = await self._ns.rtnl(netns)
         features = await self.features() if spec.external else None
         try:
-            return await _links.create_link(ipr, netns, spec, features)
+            return await _links.create_link(ipr, netns, spec, features, read=read)
         except KernelUnsupported as exc:
             raise await self._unsupported(exc) from None
 

@@ -22,7 +22,9 @@ class KernelBackend(Protocol):
     # links of kind xfrm
     async def xfrm_links(self, netns: str | None) -> list[LinkState]: ...
     async def link(self, netns: str | None, name: str) -> LinkState: ...  # NotFound / InvalidArgument (not xfrm)
-    async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState: ...
+    async def create_link(
+        self, netns: str | None, spec: LinkSpec, *, read: bool = True
+    ) -> LinkState | None: ...  # ``read=False``: None after a create (the caller dumps the links)
     async def change_link(
         self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False
     ) -> LinkState: ...  # ``mark``: put xfrmid's markers on it (finish a create cut short)

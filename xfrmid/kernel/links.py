@@ -125,8 +125,11 @@ def _describe(state: LinkState) -> str:
     return f"if_id {state.if_id}" + (f" on {state.link!r}" if state.link else " without an underlying device")
 
 
-async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> LinkState:
-    """Create the link, or return the identical existing one (applying MTU/up)."""
+async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None, *, read: bool = True) -> LinkState | None:
+    """Create the link, or return the identical existing one (applying MTU/up).
+
+    ``read=False``: None after a create, not the new link's state (a get): a caller
+    creating many reads them all with one dump afterwards (``xfrm_links``)."""
     KIND.verify(spec, features)
     link_index = 0
     if spec.link is not None:
@@ -154,6 +157,8 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None) -> 
         if code_of(exc) == 19:  # ENODEV
             raise NotFound(f"{doing} failed: it vanished right after creation.") from None
         raise translate(exc, f"Marking new interface {spec.name!r}{where(netns)}") from None
+    if not read:
+        return None
     created = await get_link(ipr, name=spec.name)
     if created is None:
         raise NotFound(f"{doing} failed: it vanished right after creation.")
