@@ -1,12 +1,13 @@
 """The bulk calls (CreateInterfaces, DeleteInterfaces) and xfrmctl, end to end.
 
 On the same real dbus-daemon, daemon and kernel as test_bus_api.py (the
-fixtures are session-scoped); the interface names ipsec216 and ipsec240-250
-belong to this file.
+fixtures are session-scoped); the interface names ipsec216, ipsec240-250 and
+ipsec271-276 belong to this file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import signal
@@ -16,7 +17,7 @@ import threading
 import time
 
 from .bus_fixtures import (  # noqa: F401 - fixtures
-    TOP, gdbus_error, ip_json, link_present, manager_call, private_bus, xfrmctl_here, xfrmid,
+    TOP, client, gdbus_error, ip_json, link_present, manager_call, private_bus, xfrmctl_here, xfrmid,
 )
 
 
@@ -128,3 +129,28 @@ def test_xfrmctl_end_to_end(xfrmid, capsys):
         mon.send_signal(signal.SIGINT)
         assert mon.wait(120) == 0
     assert not link_present("ipsec216")
+
+
+async def test_create_interfaces_many_read_by_one_dump(xfrmid, client):
+    # more than apply.FEW new names: which exist and the created links are read by
+    # dumps, not a get each; every interface still gets its object and InterfacesAdded
+    names = [f"ipsec{i}" for i in range(271, 277)]
+    seen: list = []
+    await client.subscribe(lambda msg: seen.append(msg.member))
+    paths = await client.create_interfaces([(n, 0, {}) for n in names])
+    try:
+        assert len(paths) == len(names)
+        for name in names:
+            props = await client.interface_properties(name)
+            link = ip_json("link", "show", "dev", name)[0]
+            assert props["Ifindex"] == link["ifindex"] and props["Owned"] and props["OperState"] != ""
+            assert link["ifalias"] == "xfrmid" and "UP" in link["flags"]
+        for _ in range(100):  # the signals follow the reply
+            if seen.count("InterfacesAdded") >= len(names):
+                break
+            await asyncio.sleep(0.1)
+        assert seen.count("InterfacesAdded") == len(names)
+        assert f"created {len(names)} interfaces: {', '.join(names)}" in xfrmid.log_text()
+    finally:
+        await client.delete_interfaces(names)
+    assert not any(link_present(name) for name in names)
