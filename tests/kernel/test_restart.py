@@ -161,6 +161,9 @@ async def test_restart_repairs_exactly_what_was_changed(tmp_path, record_testsui
         # each changed interface is named in a repair line, and no other
         repaired = {int(n) for n in re.findall(r"(?:created interface|repaired|added address \S+ to|"
                                                 r"added route \S+ via) ipsec(\d+)\b", text)}
+        # a batch of creations is logged in one line naming them all
+        for names in re.findall(r"created \d+ interfaces[^:\n]*: ([^\n]*)", text):
+            repaired |= {int(n) for n in re.findall(r"ipsec(\d+)\b", names)}
         assert repaired == set().union(*changed.values()), sorted(repaired ^ set().union(*changed.values()))
 
         problems = matches(expected_views(model, [None])[None], dump(netns))
