@@ -188,7 +188,7 @@ class FakeKernel:
         ns.routes = {r for r in ns.routes if survives(r)}
         ns.foreign_routes = {r for r in ns.foreign_routes if survives(r)}
 
-    async def own_routes(self, netns, dev=None, ifindex=None) -> set[RouteSpec]:
+    async def own_routes(self, netns, dev=None, ifindex=None, names=None) -> set[RouteSpec]:
         self._op("own_routes", netns)
         return {r for r in self._ns(netns).routes if dev is None or r.dev == dev}
 

@@ -103,7 +103,9 @@ async def _whole(
     return KernelView(
         links=links,
         addresses=addresses,
-        routes=frozenset(await kernel.own_routes(netns)) if "route" in parts else frozenset(),
+        # the links just read name the routes' devices: no second link dump for their names
+        routes=frozenset(await kernel.own_routes(netns, names={s.ifindex: n for n, s in links.items()}))
+        if "route" in parts else frozenset(),
         rules=frozenset(await kernel.own_rules(netns)) if "rule" in parts else frozenset(),
     )
 

@@ -53,7 +53,9 @@ class RouteRequest:
 
     @classmethod
     def from_json(cls, data: dict) -> "RouteRequest":
-        return cls(**{k: data.get(k) for k in _REQUEST_FIELDS})
+        # positional, in _REQUEST_FIELDS' order: 10,000 of these at start-up
+        get = data.get
+        return cls(get("destination"), get("table"), get("src"), get("metric"), get("peer"))
 
     def matches(self, other: "RouteRequest") -> bool:
         """True when ``other`` (a removal pattern) selects this request: None options are wildcards."""

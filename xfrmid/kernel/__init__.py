@@ -91,10 +91,12 @@ class Kernel:
 
     # routes and rules carrying xfrmid's protocol
     async def own_routes(
-        self, netns: str | None, dev: str | None = None, ifindex: int | None = None
+        self, netns: str | None, dev: str | None = None, ifindex: int | None = None,
+        names: dict[int, str] | None = None,
     ) -> set[RouteSpec]:
-        """xfrmid's routes; only those through ``dev`` if given (``ifindex`` saves a lookup)."""
-        return await _routes.own_routes(await self._ns.rtnl(netns), netns, dev, ifindex)
+        """xfrmid's routes; only those through ``dev`` if given (``ifindex`` saves a lookup;
+        ``names``, devices by ifindex just read, save looking their names up)."""
+        return await _routes.own_routes(await self._ns.rtnl(netns), netns, dev, ifindex, names)
 
     async def add_route(self, netns: str | None, spec: RouteSpec) -> None:
         await _routes.add_route(await self._ns.rtnl(netns), netns, spec)

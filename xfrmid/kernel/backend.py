@@ -41,8 +41,10 @@ class KernelBackend(Protocol):
 
     # routes and rules carrying xfrmid's protocol marker only
     async def own_routes(
-        self, netns: str | None, dev: str | None = None, ifindex: int | None = None
-    ) -> set[RouteSpec]: ...  # only through ``dev`` if given; ``ifindex`` saves its lookup
+        self, netns: str | None, dev: str | None = None, ifindex: int | None = None,
+        names: dict[int, str] | None = None,
+    ) -> set[RouteSpec]: ...  # only through ``dev`` if given; ``ifindex`` saves its lookup;
+    # ``names``: devices by ifindex the caller just read (saves looking those up)
     async def add_route(self, netns: str | None, spec: RouteSpec) -> None: ...
     async def remove_route(self, netns: str | None, spec: RouteSpec) -> None: ...
     async def own_rules(self, netns: str | None) -> set[RuleSpec]: ...

@@ -114,10 +114,13 @@ def _parse(data: bytes, pos: int, end: int) -> tuple[RouteSpec, int] | None:
 
 
 async def own_routes(
-    ipr, netns: str | None, dev: str | None = None, ifindex: int | None = None
+    ipr, netns: str | None, dev: str | None = None, ifindex: int | None = None,
+    known: dict[int, str] | None = None,
 ) -> set[RouteSpec]:
     """xfrmid's routes, all tables; only those through ``dev`` if given (``ifindex``
-    saves its lookup). The kernel filters the dump by protocol (and device)."""
+    saves its lookup). The kernel filters the dump by protocol (and device).
+    ``known``: device names by ifindex the caller just read (the xfrm links of a
+    reconcile's dump): only other devices' names are looked up."""
     query = rtmsg()
     query["family"] = socket.AF_UNSPEC
     query["proto"] = XFRMID_PROTO  # strict dump: the kernel filters by protocol, all tables
@@ -137,7 +140,9 @@ async def own_routes(
     found = [parsed for mtype, data, pos, end in raw if mtype == RTM_NEWROUTE and (parsed := _parse(data, pos, end))]
     if dev is not None:
         return {replace(spec, dev=dev) for spec, oif in found if oif == ifindex}
-    names = await names_of(ipr, {oif for _, oif in found if oif})
+    names = dict(known or {})
+    if missing := {oif for _, oif in found if oif and oif not in names}:
+        names.update(await names_of(ipr, missing))
     return {replace(spec, dev=names.get(oif, "")) for spec, oif in found}
 
 
