@@ -89,6 +89,44 @@ async def test_restart_reads_the_journal_and_compacts(kernel, settings):
     await m2.stop()
 
 
+async def test_restart_of_a_compact_file_writes_nothing_and_then_appends(kernel, settings):
+    """The start knows what the file it read says: nothing is encoded or written again
+    (10,000 interfaces, issue 6), and the next call appends to that file."""
+    m1 = Manager(kernel, settings)
+    await m1.start()
+    for i in (1, 2, 3):
+        await m1.attach(f"ipsec{i}", "a")
+    await m1.stop()
+    m1.store.write(m1.desired.to_json())  # one compact snapshot, no journal (as the bench writes it)
+    before = m1.store.path.read_bytes()
+    m2 = Manager(kernel, settings)
+    await m2.start()
+    assert (m2.store.writes, m2.store.bytes_written) == (0, 0)
+    assert m2.store.path.read_bytes() == before
+    await m2.attach("ipsec4", "b")
+    await m2.detach("ipsec1", "a")
+    assert (m2.store.writes, m2.store.appends) == (0, 2)
+    assert canonical(StateStore.in_dir(settings.state_dir).load()) == m2.desired.to_json()
+    await m2.stop()
+
+
+async def test_restart_writes_what_the_configuration_changed(kernel, tmp_path):
+    """A configured interface changed or gone while the daemon was down is written at the start."""
+    from xfrmid.settings import StaticInterface
+
+    first = Settings(state_dir=str(tmp_path / "state"),
+                     static_interfaces=(StaticInterface(name="ipsec20", if_id=20, addresses=("192.0.2.20/24",)),))
+    m1 = Manager(kernel, first)
+    await m1.start()
+    await m1.attach("ipsec20", "a")
+    await m1.stop()
+    m2 = Manager(kernel, Settings(state_dir=first.state_dir))  # no longer configured
+    await m2.start()
+    assert canonical(StateStore.in_dir(first.state_dir).load()) == m2.desired.to_json()
+    assert m2.desired.get((None, "ipsec20")).static is False
+    await m2.stop()
+
+
 def test_torn_last_line_is_ignored(tmp_path, caplog):
     store = StateStore.in_dir(tmp_path)
     state = DesiredState()

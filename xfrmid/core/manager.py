@@ -82,16 +82,22 @@ class Manager(BulkCalls):
         # The file's parsed tree (kilobytes per interface) freed now, not after the
         # reconcile: what the reconcile keeps then reuses its memory (RSS, issue 6).
         del data
+        # What the start changes before the reconcile: the configured interfaces (those
+        # static before or after the merge) and lingering ones whose time is up. The rest
+        # is as the store just read it, so only these are written (not all 10,000 again).
+        changed = {k for k, i in self.desired.interfaces.items() if i.static}
         self._apply_static(self.settings)
+        changed |= {k for k, i in self.desired.interfaces.items() if i.static}
         now = time.time()
         for iface in list(self.desired.interfaces.values()):
             if iface.linger_until is not None and not iface.owners and not iface.pinned:
                 if iface.linger_until <= now:
                     self.desired.drop(iface.key)
+                    changed.add(iface.key)
                 else:
                     self._linger.schedule(iface.key, iface.linger_until - now)
         async with self._gate.exclusive():
-            await self.persist()
+            await self.persist(changed)
             counts = await self._sync.reconcile_all()
         log.info("started: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
         return counts

@@ -123,6 +123,7 @@ class StateStore:
         self._image: _Image | None = None  # the file's content when this store wrote it; None: unknown
         self._size: int | None = None  # the file's size after this store's last write
         self._snapshot_size = 0
+        self._compact_due = False  # the file loaded has a journal: the next write compacts it
         # statistics (tests, bench): files written, records appended, bytes written
         self.writes = 0
         self.appends = 0
@@ -143,7 +144,8 @@ class StateStore:
         during an unacknowledged write) is ignored; a bad line before the end keeps the
         records before it, and a copy of the file is kept aside.
         """
-        self._image, self._size = None, None  # the next write compacts
+        self._image, self._size = None, None  # the next write compacts, unless the file is known below
+        self._compact_due = False
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -178,7 +180,36 @@ class StateStore:
                               "(copy in %s)", self.path, len(records), aside)
                 break
             records.append(record)
+        else:
+            # Read whole and cleanly (no torn or bad line): the store knows what the file
+            # says, so the start-up need not encode every interface again to write it
+            # (a journal left by the last run is compacted by the next write).
+            if not text or text.endswith("\n"):
+                self._know(data, records, len(text.encode()))
         return _replay(data, records) if records else data
+
+    def _know(self, data: dict, records: list[dict], size: int) -> None:
+        image = _Image()
+        try:
+            for item in data.get("interfaces", ()):
+                image.set((item.get("netns"), item["name"]), _dumps(item), [])
+            for item in data.get("retired", ()):
+                if item.get("name") is not None and (key := (item.get("netns"), item["name"])) in image.ifaces:
+                    image.set(key, image.ifaces[key], sorted(item.get("addresses", ())))
+                elif item.get("name") is not None:
+                    image.retired[(item.get("netns"), item["name"])] = sorted(item.get("addresses", ()))
+            image.namespaces = list(data.get("namespaces", ()))
+            for record in records:
+                if "namespaces" in record:
+                    image.namespaces = list(record["namespaces"])
+                else:
+                    iface = record.get("iface")
+                    image.set(tuple(record["key"]), None if iface is None else _dumps(iface),
+                              list(record.get("retired", [])))
+        except (TypeError, KeyError, AttributeError):  # a hand-written file of another shape
+            return
+        self._image, self._size, self._snapshot_size = image, size, size
+        self._compact_due = bool(records)
 
     def _corrupt(self, what: str) -> None:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -260,10 +291,12 @@ class StateStore:
         if namespaces != image.namespaces:
             image.namespaces = namespaces
             records.append(_dumps({"namespaces": namespaces}))
-        if not records:
+        if not records and not self._compact_due:
             return None
-        journal = ("\n".join(records) + "\n").encode()
-        if self._size - self._snapshot_size + len(journal) > max(self.compact_min, self._snapshot_size):
+        journal = ("\n".join(records) + "\n").encode() if records else b""
+        if self._compact_due or (
+                self._size - self._snapshot_size + len(journal) > max(self.compact_min, self._snapshot_size)):
+            self._compact_due = False
             return lambda: self._compact(image.snapshot())
         expected = self._size
         return lambda: self._append(journal, expected, image)
