@@ -71,6 +71,21 @@ async def test_add_and_remove_are_idempotent(kernel, netns, ipsec1):
     assert await kernel.own_routes(netns) == set()
 
 
+@pytest.mark.parametrize("dst", ["10.9.0.0/16", "2001:db8:9::/64"])
+async def test_removing_default_metric_spares_other_metric(kernel, netns, ipsec1, dst):
+    # the kernel reads a removal without a metric as "the lowest metric of that
+    # prefix": found by the crash test, where another owner's metric 100 went
+    default = RouteSpec(dst=dst, dev=ipsec1, table=50)
+    other = RouteSpec(dst=dst, dev=ipsec1, table=50, metric=100)
+    await kernel.add_route(netns, other)
+    await kernel.add_route(netns, default)
+    assert await kernel.own_routes(netns) == {default, other}
+    await kernel.remove_route(netns, default)
+    assert await kernel.own_routes(netns) == {other}
+    await kernel.remove_route(netns, default)  # already gone: still spares the other
+    assert await kernel.own_routes(netns) == {other}
+
+
 async def test_foreign_routes_left_untouched(kernel, netns, ipsec1):
     ip_run("route", "add", "10.5.0.0/16", "dev", ipsec1, "table", "50", "metric", "5", netns=netns)
     ip_run("-6", "route", "add", "2001:db8:5::/64", "dev", ipsec1, netns=netns)

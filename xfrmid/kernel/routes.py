@@ -78,8 +78,11 @@ def _message(spec: RouteSpec, oif: int, adding: bool) -> rtmsg:
         attrs.append(("RTA_DST", str(net.network_address)))
     if spec.src is not None:
         attrs.append(("RTA_PREFSRC", spec.src))
-    metric = spec.metric if spec.metric is not None else (DEFAULT_METRIC[msg["family"]] if adding else None)
-    if metric is not None:
+    # A removal without RTA_PRIORITY removes the lowest metric of that prefix,
+    # which may be another owner's route: IPv6 names its default exactly.
+    # IPv4's default 0 reads as "any" to the kernel: remove_route checks first.
+    metric = spec.metric if spec.metric is not None else DEFAULT_METRIC[msg["family"]]
+    if metric:
         attrs.append(("RTA_PRIORITY", metric))
     msg["attrs"] = attrs
     return msg
@@ -176,8 +179,15 @@ async def remove_route(ipr, netns: str | None, spec: RouteSpec) -> None:
     dev = await link_msgs.get_link(ipr, name=spec.dev)
     if dev is None:
         return  # the kernel removed the route together with its device
+    oif = link_msgs.index(dev)
+    message = _message(spec, oif, adding=False)
+    if message["family"] == socket.AF_INET and spec.metric is None:
+        # IPv4 reads metric 0 as "any metric": if ours is gone, the kernel would
+        # remove our route to the same prefix with the next metric instead.
+        if spec not in await own_routes(ipr, netns, spec.dev, oif):
+            return
     try:
-        await request(ipr, _message(spec, link_msgs.index(dev), adding=False), RTM_DELROUTE, F_REQ)
+        await request(ipr, message, RTM_DELROUTE, F_REQ)
     except NetlinkError as exc:
         if code_of(exc) in (3, 2, 19):  # ESRCH/ENOENT/ENODEV: not there
             return
