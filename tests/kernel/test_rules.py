@@ -52,6 +52,27 @@ async def test_rule_add_and_remove_idempotent(kernel, netns):
     assert await kernel.own_rules(netns) == set() and rules(netns) == []
 
 
+@pytest.mark.parametrize("family,peer", [(socket.AF_INET, "192.1.2.23/32"), (socket.AF_INET6, "2001:db8:7::1/128")])
+async def test_catch_all_rule_beside_the_peer_rule(kernel, netns, family, peer):
+    # A default route's rule has no destination, which the kernel's duplicate
+    # check and removal read as "any destination": the add failed with EEXIST
+    # after the peer's rule, and a removal took the first match, the peer's.
+    peer_rule = RuleSpec(priority=100, table=50, family=family, dst=peer, fwmark=7, fwmask=0xFFFFFFFF, invert=True)
+    catch_all = RuleSpec(priority=100, table=50, family=family, fwmark=7, fwmask=0xFFFFFFFF, invert=True)
+    for first, second in ((peer_rule, catch_all), (catch_all, peer_rule)):
+        await kernel.add_rule(netns, first)
+        await kernel.add_rule(netns, second)
+        await kernel.add_rule(netns, second)  # idempotent
+        assert await kernel.own_rules(netns) == {peer_rule, catch_all}
+        assert len(rules(netns, "-6" if family == socket.AF_INET6 else "-4")) == 2
+        await kernel.remove_rule(netns, catch_all)
+        assert await kernel.own_rules(netns) == {peer_rule}
+        await kernel.remove_rule(netns, catch_all)  # already gone: still spares the peer's
+        assert await kernel.own_rules(netns) == {peer_rule}
+        await kernel.remove_rule(netns, peer_rule)
+        assert await kernel.own_rules(netns) == set()
+
+
 async def test_foreign_rules_left_untouched(kernel, netns):
     ip_run("rule", "add", "prio", "100", "to", "192.1.2.23/32", "not", "fwmark", "1/0xffffffff",
            "lookup", "50", netns=netns)

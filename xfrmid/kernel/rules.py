@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from dataclasses import replace
 
+from pyroute2.netlink import NLM_F_CREATE
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELRULE, RTM_GETRULE, RTM_NEWRULE
 from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL, fibmsg
@@ -138,7 +139,8 @@ def _parse(data: bytes, pos: int, end: int) -> RuleSpec | None:
     )
 
 
-async def own_rules(ipr, netns: str | None) -> set[RuleSpec]:
+async def _own_rule_list(ipr, netns: str | None) -> list[RuleSpec]:
+    """xfrmid's rules in the kernel's order, the order a removal searches them."""
     # The kernel filters no rule dump (fib_valid_dumprule_req refuses any
     # selector), so every rule comes back; only FRA_PROTOCOL 120 ones are parsed.
     query = fibmsg()
@@ -147,23 +149,72 @@ async def own_rules(ipr, netns: str | None) -> set[RuleSpec]:
         raw = await raw_dump(ipr, query, RTM_GETRULE)
     except NetlinkError as exc:
         raise translate(exc, f"Listing xfrmid's rules{where(netns)}") from None
-    return {spec for mtype, data, pos, end in raw if mtype == RTM_NEWRULE and (spec := _parse(data, pos, end))}
+    return [spec for mtype, data, pos, end in raw if mtype == RTM_NEWRULE and (spec := _parse(data, pos, end))]
+
+
+async def own_rules(ipr, netns: str | None) -> set[RuleSpec]:
+    return set(await _own_rule_list(ipr, netns))
+
+
+def _caught(pattern: RuleSpec, rule: RuleSpec) -> bool:
+    """Whether the kernel's removal (or duplicate check) of ``pattern`` may match ``rule``
+    (net/core/fib_rules.c rule_find, rule_exists): an absent selector matches anything."""
+    return (
+        rule.family == pattern.family and rule.priority == pattern.priority and rule.table == pattern.table
+        and (not pattern.fwmark or rule.fwmark == pattern.fwmark)
+        and (not pattern.fwmask or rule.fwmask == pattern.fwmask)
+        and (pattern.dst is None or rule.dst == pattern.dst)
+        and (pattern.src is None or rule.src == pattern.src)
+    )
 
 
 async def add_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
     """Add the rule; fine if xfrmid's identical rule is already there."""
     spec = normalize(spec)
+    doing = f"Adding {describe(spec)}{where(netns)}"
     try:
         await request(ipr, _message(spec), RTM_NEWRULE, F_CREATE)
     except NetlinkError as exc:
-        if code_of(exc) == 17 and spec in await own_rules(ipr, netns):
+        if code_of(exc) != 17:
+            raise translate(exc, doing) from None
+        ours = await own_rules(ipr, netns)
+        if spec in ours:
             return
-        raise translate(exc, f"Adding {describe(spec)}{where(netns)}") from None
+        if not any(_caught(spec, rule) for rule in ours):
+            raise translate(exc, doing) from None
+        # The kernel's duplicate check reads an absent destination as "any": a
+        # default route's rule "exists" once a peer's rule of that interface does.
+        try:
+            await request(ipr, _message(spec), RTM_NEWRULE, F_REQ | NLM_F_CREATE)
+        except NetlinkError as again:
+            raise translate(again, doing) from None
 
 
 async def remove_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
-    """Remove xfrmid's rule; a missing rule is fine."""
+    """Remove xfrmid's rule; a missing rule is fine.
+
+    The kernel removes the first rule its selectors match, and reads an absent
+    one as "any": removing ``prio 100 not fwmark M lookup T`` (a default route's
+    rule) would take ``prio 100 to PEER not fwmark M lookup T`` if that came
+    first. So such a removal first takes the rules ahead of it out of the way
+    and puts them back (a crash in between: the next reconcile adds them).
+    xfrmid's rules never carry a source selector, so only the others are checked.
+    """
     spec = normalize(spec)
+    ahead: list[RuleSpec] = []
+    if spec.dst is None or not spec.fwmark or not spec.fwmask:
+        ours = await _own_rule_list(ipr, netns)
+        if spec not in ours:
+            return
+        ahead = [rule for rule in ours[:ours.index(spec)] if _caught(spec, rule)]
+    # each removal takes the first match: the rules ahead, in order, then ours
+    for _ in range(len(ahead) + 1):
+        await _remove(ipr, netns, spec)
+    for rule in ahead:
+        await add_rule(ipr, netns, rule)
+
+
+async def _remove(ipr, netns: str | None, spec: RuleSpec) -> None:
     try:
         await request(ipr, _message(spec), RTM_DELRULE, F_REQ)
     except NetlinkError as exc:
