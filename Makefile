@@ -5,9 +5,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# busybox-static: virtme-ng boots Debian's kernel (9p and virtio are modules there)
+# through an initramfs it builds around a static busybox; without one it stops at once.
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	dbus dbus-bin libsystemd-dev pkg-config gcc \
-	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan
+	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan busybox-static
 REPORTS := build/reports
 
 .PHONY: all deps venv test test-host test-kernel test-crash test-restart test-service-unit demo clean help bench
