@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from .bus.busdaemon import bus_daemon_call
+from .bus.connection import new_bus
 from .bus.names import BUS_NAME, INTERFACE_IFACE, MANAGER_IFACE, MANAGER_PATH, interface_path
 from .errors import AccessDenied, Failed, NotFound, XfrmidError, from_dbus_name
 
@@ -84,13 +85,7 @@ class Client:
     async def connect(cls, bus: str = "system") -> "Client":
         """Connect to 'system', 'session' or a D-Bus address."""
         try:
-            if bus == "system":
-                conn = MessageBus(bus_type=BusType.SYSTEM)
-            elif bus == "session":
-                conn = MessageBus(bus_type=BusType.SESSION)
-            else:
-                conn = MessageBus(bus_address=bus)
-            return cls(await conn.connect())
+            return cls(await new_bus(bus).connect())
         except (OSError, ValueError, Exception) as exc:  # dbus-fast raises several types here
             raise NotRunning(f"Cannot connect to the {bus} bus: {exc}.") from None
 

@@ -15,8 +15,7 @@ import contextvars
 import logging
 from typing import Any, Awaitable, Callable
 
-from dbus_fast import BusType, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.constants import MessageFlag, NameFlag, RequestNameReply
 from dbus_fast import introspection as intr
 from dbus_fast.service import ServiceInterface
@@ -25,6 +24,7 @@ from ..core.views import InterfaceInfo
 from ..errors import Failed
 from .access import AccessControl
 from .busdaemon import bus_daemon_call
+from .connection import BusConnection, new_bus
 from .errormap import error_reply
 from .names import (
     BUS_NAME,
@@ -46,7 +46,7 @@ _NAME_OWNER_CHANGED = (
 )
 
 
-class XfrmidMessageBus(MessageBus):
+class XfrmidMessageBus(BusConnection):
     """dbus-fast emits ObjectManager signals from the child's own path; the
     specification (and sd-bus/GDBus object manager clients) expect them from
     the object manager. BusService emits them itself, from /org/xfrmid1."""
@@ -60,11 +60,7 @@ class XfrmidMessageBus(MessageBus):
 
 def connect_bus(bus: str) -> XfrmidMessageBus:
     """A not yet connected bus for 'system', 'session' or a D-Bus address."""
-    if bus == "system":
-        return XfrmidMessageBus(bus_type=BusType.SYSTEM)
-    if bus == "session":
-        return XfrmidMessageBus(bus_type=BusType.SESSION)
-    return XfrmidMessageBus(bus_address=bus)
+    return new_bus(bus, XfrmidMessageBus)
 
 
 class BusService:
