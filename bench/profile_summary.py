@@ -3,7 +3,8 @@
     python -m bench.profile_summary DIR/scale.txt [--phase attach] [--top 25]
 
 A phase is a function name that must be on the stack (``create_interface``,
-``delete_interface``, ``attach``, ``start``, ...). Prints, for the samples of
+``delete_interface``, ``attach``, ``start``, ...; ``Manager.attach`` for one
+class's). Prints, for the samples of
 that phase, the functions with the largest inclusive share (time under them)
 and self share (time in their own lines).
 """
@@ -11,7 +12,9 @@ and self share (time in their own lines).
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from collections import Counter
 
 _FRAME = re.compile(r"^(?P<func>[^ ]+) \((?P<file>[^:]+)(?::\d+)?\)$")
@@ -45,7 +48,9 @@ def load(path: str) -> list[tuple[list[str], int]]:
 
 
 def summarise(stacks, phase: str | None, top: int) -> str:
-    chosen = [(s, c) for s, c in stacks if phase is None or any(f.endswith(":" + phase) for f in s)]
+    # py-spy names methods Class.method: "attach" matches Manager.attach too
+    chosen = [(s, c) for s, c in stacks
+              if phase is None or any(f.endswith((":" + phase, "." + phase)) for f in s)]
     total = sum(c for _, c in chosen)
     if not total:
         return f"no samples{' under ' + phase if phase else ''}"
@@ -68,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", help="a function name that must be on the stack")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
-    print(summarise(load(args.file), args.phase, args.top))
+    try:
+        print(summarise(load(args.file), args.phase, args.top))
+    except BrokenPipeError:  # piped into head: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
