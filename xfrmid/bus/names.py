@@ -23,6 +23,8 @@ def escape_label(text: str) -> str:
     """One object path element for arbitrary text (systemd's bus_label_escape)."""
     if not text:
         return "_"
+    if text.isascii() and text.isalnum() and not text[0].isdigit():
+        return text  # the usual name (ipsec5): nothing to escape, no loop per byte (every call's reply has a path)
     out = []
     for i, ch in enumerate(text.encode()):
         c = chr(ch)

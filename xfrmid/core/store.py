@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import Failed
+from .write_thread import WRITER
 
 log = logging.getLogger("xfrmid.core")
 
@@ -261,7 +262,7 @@ class StateStore:
             job = self._prepare(source)
             if job is not None:
                 try:
-                    await asyncio.to_thread(job)
+                    await WRITER.run(job)
                 except BaseException:
                     self._image, self._size = None, None  # the disk is unknown now: next write is full
                     raise
