@@ -105,3 +105,40 @@ async def test_a_full_send_buffer_waits_and_delivers_everything(bus):
     sender.disconnect()
     receiver.disconnect()
 
+
+
+async def test_the_messages_of_one_loop_turn_leave_in_one_write_in_order(bus):
+    """A reply and its signals wake the bus daemon once (connection.py); nothing is lost or reordered."""
+    receiver, got, done, want = await _receiver(bus)
+    sender = await BusConnection(bus_address=bus.address).connect()
+    writes: list[int] = []
+
+    class Counting:
+        def __init__(self, sock) -> None:
+            self.sock = sock
+
+        def send(self, data) -> int:
+            writes.append(len(data))
+            return self.sock.send(data)
+
+        def __getattr__(self, name: str):
+            return getattr(self.sock, name)
+
+    sender._writer.sock = Counting(sender._writer.sock)
+    want[0] = 30
+    futures = [sender.send(_signal(n)) for n in range(10)]  # one turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    futures += [sender.send(_signal(n)) for n in range(10, 30)]  # the next turns
+    await asyncio.gather(*futures)
+    await asyncio.wait_for(done.wait(), 10)
+    assert got == list(range(30))
+    assert sender._coalesce
+    assert len(writes) == 2, writes
+    sender.send(_signal(30))  # sent in the turn that disconnects: it still leaves
+    want[0] = 31
+    done.clear()
+    sender.disconnect()
+    await asyncio.wait_for(done.wait(), 10)
+    assert got[-1] == 30
+    receiver.disconnect()

@@ -9,15 +9,22 @@ EAGAIN and the connection is dropped: xfrmid lost its name in the middle of a
 bulk delete (found by ``make bench``). A refused send is not an error on a
 non-blocking socket; it means "wait until writable", which the writer already
 does after a short write. So its socket reports such a send as 0 bytes written.
+
+It also writes the messages of one event-loop turn together, in one ``send``
+(``BusConnection.send``): a call's reply and the signals of its change (an
+Attach: the method return and a PropertiesChanged) wake the bus daemon once,
+not once each. Under emulation a wake-up of the bus daemon costs about as
+much as the rest of an Attach (bench/README.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any, TypeVar
 
-from dbus_fast import BusType
+from dbus_fast import BusType, Message
 from dbus_fast.aio import MessageBus
 
 log = logging.getLogger("xfrmid.bus")
@@ -56,13 +63,76 @@ def tolerate_full_send_buffer(bus: MessageBus) -> None:
         log.debug("dbus-fast's writer socket cannot be wrapped; EAGAIN on send will disconnect")
 
 
+def _settle(futures: list[asyncio.Future], merged: asyncio.Future) -> None:
+    """The outcome of one merged write is each of its messages' outcome."""
+    error = None if merged.cancelled() else merged.exception()
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # dbus-fast's own send futures are seldom awaited: no "never retrieved"
+
+
 class BusConnection(MessageBus):
-    """dbus-fast's MessageBus with the send-buffer fix applied on connect."""
+    """dbus-fast's MessageBus with the send-buffer fix applied on connect, whose
+    messages of one loop turn leave in one write."""
+
+    _flush_due = False
+    _coalesce = False
 
     async def connect(self) -> "BusConnection":
         await super().connect()
         tolerate_full_send_buffer(self)
+        writer = getattr(self, "_writer", None)
+        # the writer's queue and buffer are what the flush below works on
+        self._coalesce = all(hasattr(writer, a) for a in ("messages", "buf", "buffer_message", "write_callback", "fd"))
+        if not self._coalesce:
+            log.debug("dbus-fast's writer changed; each message is written on its own")
+        elif writer.buf is None and not writer.messages:
+            # connect leaves the writer watching the socket with nothing to write; it
+            # would write the next turn's messages one by one before the flush
+            self._loop.remove_writer(writer.fd)
         return self
+
+    def send(self, msg: Message) -> asyncio.Future:
+        """Queue ``msg``; the queue is written at the end of this loop turn (order kept)."""
+        if not self._coalesce or not self.unique_name:
+            return super().send(msg)
+        if not msg.serial:
+            msg.serial = self.next_serial()
+        future = self._loop.create_future()
+        self._writer.buffer_message(msg, future)
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def disconnect(self) -> None:
+        if self._flush_due:  # what this turn sent still leaves first, as with dbus-fast's direct writes
+            self._flush()
+        super().disconnect()
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        writer = self._writer
+        if not self.connected:
+            return
+        queue = writer.messages
+        if writer.buf is None and len(queue) > 1 and not any(fds for _, fds, _ in queue):
+            # not while a write is half done (its buffer is the writer's); with
+            # file descriptors, each message keeps its own sendmsg
+            entries = list(queue)
+            queue.clear()
+            merged = self._loop.create_future()
+            merged.add_done_callback(lambda done: _settle([f for _, _, f in entries if f is not None], done))
+            queue.append((b"".join(buf for buf, _, _ in entries), None, merged))
+        if writer.buf is None:
+            writer.write_callback(remove_writer=False)
+        if writer.buf is not None or writer.messages:
+            self._loop.add_writer(writer.fd, writer.write_callback)
 
 
 B = TypeVar("B", bound=BusConnection)
