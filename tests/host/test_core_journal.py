@@ -303,9 +303,11 @@ async def test_any_sequence_reloads_and_a_cut_write_loads_before_or_after(tmp_pa
 
 
 async def test_concurrent_commits_share_one_append(tmp_path):
+    """On a disk slow enough for the write thread, calls that come meanwhile share the next write."""
     store = StateStore.in_dir(tmp_path)
     state = DesiredState()
     await store.commit(state)
+    store.append_seconds = 1.0  # as if the last append had waited a second for the disk
 
     async def call(i):
         state.put(DesiredInterface(netns=None, name=f"ipsec{i}", if_id=i))
@@ -313,4 +315,50 @@ async def test_concurrent_commits_share_one_append(tmp_path):
 
     await asyncio.gather(*(call(i) for i in range(1, 21)))
     assert store.appends < 20 and len(lines(store)) == 21  # one record per interface, fewer fsyncs
+    assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()
+
+
+async def test_quick_appends_are_written_on_the_loop_slow_ones_by_the_write_thread(tmp_path, monkeypatch):
+    from xfrmid.core import store as store_module
+
+    threaded: list[object] = []
+    real_run = store_module.WRITER.run
+
+    async def run(job):
+        threaded.append(job)
+        await real_run(job)
+
+    monkeypatch.setattr(store_module.WRITER, "run", run)
+    store = StateStore.in_dir(tmp_path)
+    state = DesiredState()
+    await store.commit(state)  # the first write is a whole file: always the thread
+    assert len(threaded) == 1
+    state.put(DesiredInterface(netns=None, name="ipsec1", if_id=1))
+    await store.commit(state, {(None, "ipsec1")})
+    assert len(threaded) == 1 and store.appends == 1  # /run is tmpfs: at once, no hand-off
+    store.append_seconds = store_module.INLINE_APPEND_S  # a disk that took that long
+    state.put(DesiredInterface(netns=None, name="ipsec2", if_id=2))
+    await store.commit(state, {(None, "ipsec2")})
+    assert len(threaded) == 2 and store.appends == 2
+    assert store.append_seconds < store_module.INLINE_APPEND_S  # fast again: the next is inline
+    assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()
+
+
+async def test_an_append_notices_a_file_replaced_behind_its_back(tmp_path):
+    store = StateStore.in_dir(tmp_path)
+    state = DesiredState()
+    state.put(DesiredInterface(netns=None, name="ipsec1", if_id=1))
+    await store.commit(state)
+    state.put(DesiredInterface(netns=None, name="ipsec2", if_id=2))
+    await store.commit(state, {(None, "ipsec2")})  # the file is held open from here
+    text = store.path.read_text()
+    replacement = store.path.with_name("other")
+    replacement.write_text(text)
+    os.replace(replacement, store.path)  # same size, another file
+    state.put(DesiredInterface(netns=None, name="ipsec3", if_id=3))
+    await store.commit(state, {(None, "ipsec3")})
+    assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()
+    store.path.unlink()
+    state.put(DesiredInterface(netns=None, name="ipsec4", if_id=4))
+    await store.commit(state, {(None, "ipsec4")})
     assert canonical(StateStore.in_dir(tmp_path).load()) == state.to_json()

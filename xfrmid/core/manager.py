@@ -108,6 +108,7 @@ class Manager(BulkCalls):
         async with self._gate.exclusive():
             pass  # running calls are done now
         await self._linger.close()
+        self.store.close()
 
     async def reload(self, settings: Settings) -> None:
         """Apply new settings: static interfaces added/removed/changed, peer table, MTU default.
