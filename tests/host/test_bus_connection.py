@@ -135,6 +135,10 @@ async def test_the_messages_of_one_loop_turn_leave_in_one_write_in_order(bus):
     assert got == list(range(30))
     assert sender._coalesce
     assert len(writes) == 2, writes
+    before = len(writes)
+    sender.send(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus", member="GetId"))
+    assert len(writes) == before + 1  # a call (or reply) with nothing queued: written at once
     sender.send(_signal(30))  # sent in the turn that disconnects: it still leaves
     want[0] = 31
     done.clear()

@@ -10,11 +10,10 @@ bulk delete (found by ``make bench``). A refused send is not an error on a
 non-blocking socket; it means "wait until writable", which the writer already
 does after a short write. So its socket reports such a send as 0 bytes written.
 
-It also writes the messages of one event-loop turn together, in one ``send``
-(``BusConnection.send``): a call's reply and the signals of its change (an
-Attach: the method return and a PropertiesChanged) wake the bus daemon once,
-not once each. Under emulation a wake-up of the bus daemon costs about as
-much as the rest of an Attach (bench/README.md).
+It also writes the signals of one event-loop turn together, in one ``send``
+(``BusConnection.send``): the thousand InterfacesAdded of a CreateInterfaces
+wake the bus daemon once, not once each. A reply with nothing queued before
+it is written at once, as dbus-fast does.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import logging
 import socket
 from typing import Any, TypeVar
 
-from dbus_fast import BusType, Message
+from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 log = logging.getLogger("xfrmid.bus")
@@ -98,13 +97,20 @@ class BusConnection(MessageBus):
         return self
 
     def send(self, msg: Message) -> asyncio.Future:
-        """Queue ``msg``; the queue is written at the end of this loop turn (order kept)."""
+        """Queue ``msg``; the queue is written at the end of this loop turn (order kept).
+
+        A reply or a call with nothing queued before it leaves at once: its peer waits
+        for it, and the signals of the change it answers are built after it (BusService).
+        """
         if not self._coalesce or not self.unique_name:
+            return super().send(msg)
+        writer = self._writer
+        if msg.message_type is not MessageType.SIGNAL and not writer.messages and writer.buf is None:
             return super().send(msg)
         if not msg.serial:
             msg.serial = self.next_serial()
         future = self._loop.create_future()
-        self._writer.buffer_message(msg, future)
+        writer.buffer_message(msg, future)
         if not self._flush_due:
             self._flush_due = True
             self._loop.call_soon(self._flush)

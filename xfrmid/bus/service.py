@@ -81,7 +81,7 @@ class BusService:
         # caller left meanwhile (NameOwnerChanged arrived): see _attach_finished
         self._attaching: dict[str, int] = {}
         self._left_while_attaching: set[str] = set()
-        self._outbox: list[Message] = []  # signals of this loop iteration, in order (see _signal)
+        self._outbox: list[Callable[[], Message | None]] = []  # signals of this loop iteration, in order (_later)
 
     @property
     def bus(self) -> XfrmidMessageBus:
@@ -223,10 +223,15 @@ class BusService:
     # ---- ManagerListener ------------------------------------------------
 
     def _signal(self, path: str, interface: str, member: str, signature: str, body: list[Any]) -> None:
+        self._later(lambda: Message.new_signal(path, interface, member, signature, body))
+
+    def _later(self, build: Callable[[], Message | None]) -> None:
         """Queue a signal; the queue is sent, in order, right after the current loop iteration.
 
         So a call's own signals follow its reply instead of delaying it: each send wakes
-        the bus daemon, which under emulation costs as much as the rest of an Attach.
+        the bus daemon, which under emulation costs as much as the rest of an Attach; and
+        ``build`` makes the message then, after the reply has left (the publish step
+        that built it was 0.5 ms of an Attach's 4.6 ms in the daemon under emulation).
         GDBus and NetworkManager send PropertiesChanged the same way (from an idle
         callback). The reply never runs ahead of the properties: the tree already holds
         the new view, so a Get right after it reads the new value.
@@ -235,12 +240,13 @@ class BusService:
             return
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._send_signals)
-        self._outbox.append(Message.new_signal(path, interface, member, signature, body))
+        self._outbox.append(build)
 
     def _send_signals(self) -> None:
-        outbox, self._outbox = self._outbox, []
+        builds, self._outbox = self._outbox, []
         if not self._bus.connected:
             return
+        outbox = [msg for build in builds if (msg := build()) is not None]
         # one InterfaceCount change for the whole outbox, after the InterfacesAdded/Removed
         # it follows (a CreateInterfaces of a thousand: one signal, not a thousand)
         count = len(self._tree)
@@ -263,14 +269,11 @@ class BusService:
         path, old = self._tree.put(info)
         if old is None:
             log.debug("exporting %s", info.name)
-            self._signal(MANAGER_PATH, OBJECT_MANAGER_IFACE, "InterfacesAdded", "oa{sa{sv}}",
-                         [path, {INTERFACE_IFACE: variants(info)}])
+            self._later(lambda: Message.new_signal(MANAGER_PATH, OBJECT_MANAGER_IFACE, "InterfacesAdded",
+                                                   "oa{sa{sv}}", [path, {INTERFACE_IFACE: variants(info)}]))
             self._count_changed()
             return
-        changed = changed_properties(old, info)
-        if changed:
-            self._signal(path, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
-                         [INTERFACE_IFACE, as_variants(changed), []])
+        self._later(lambda: _properties_changed(path, old, info))
 
     def interface_removed(self, info: InterfaceInfo) -> None:
         path = self._tree.remove(info)
@@ -285,3 +288,12 @@ class BusService:
         path = interface_path(info.name, info.netns)
         if path in self._tree:
             self._signal(path, INTERFACE_IFACE, "Repaired", "s", [what])
+
+
+def _properties_changed(path: str, old: InterfaceInfo, new: InterfaceInfo) -> Message | None:
+    """PropertiesChanged between two views of one interface; None when the bus sees no difference."""
+    changed = changed_properties(old, new)
+    if not changed:
+        return None
+    return Message.new_signal(path, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
+                              [INTERFACE_IFACE, as_variants(changed), []])
