@@ -160,6 +160,10 @@ class Daemon:
             "ready_s": None if self.ready is None else round(self.ready - self.started, 3),
         }
 
+    def count(self, needle: str) -> int:
+        """Lines of the daemon's output so far that contain ``needle``."""
+        return 0 if self.output is None else sum(needle in line for _, line in list(self.output.lines))
+
     def cpu_s(self) -> tuple[float, float]:
         """(user, system) CPU seconds the daemon has used so far (/proc/PID/stat)."""
         fields = Path(f"/proc/{daemon_pid(self)}/stat").read_text().rpartition(")")[2].split()

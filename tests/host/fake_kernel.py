@@ -103,6 +103,15 @@ class FakeKernel:
             raise NotFound(f"Interface {name!r} does not exist.")
         return ns.links[name]
 
+    async def create_links(self, netns, specs: list[LinkSpec]) -> list[LinkState | XfrmidError | None]:
+        out: list[LinkState | XfrmidError | None] = []
+        for spec in specs:
+            try:
+                out.append(await self.create_link(netns, spec, read=False))
+            except XfrmidError as exc:
+                out.append(exc)
+        return out
+
     async def create_link(self, netns, spec: LinkSpec, *, read: bool = True) -> LinkState | None:
         self._op("create_link", spec)
         ns = self._ns(netns)

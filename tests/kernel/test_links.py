@@ -251,6 +251,33 @@ async def test_concurrent_identical_creates_agree(kernel, netns):
     assert first.ifindex == second.ifindex and first.name == "ipsec41"
 
 
+async def test_create_links_in_batches_like_create_link_each(kernel, netns):
+    """create_links (two batches of requests from a thread, kernel/batch.py): every outcome
+    as create_link(read=False) would give it, in order."""
+    ours = await kernel.create_link(netns, LinkSpec(name="ipsec50", if_id=50))
+    ip_run("link", "add", "ipsec51", "type", "xfrm", "if_id", "99", netns=netns)
+    ip_run("link", "add", "ipsec52", "type", "veth", "peer", "name", "p52", netns=netns)
+    specs = [LinkSpec(name="ipsec50", if_id=50), LinkSpec(name="ipsec51", if_id=51),
+             LinkSpec(name="ipsec52", if_id=52), LinkSpec(name="ipsec53", if_id=53, link="missing0")]
+    specs += [LinkSpec(name=f"ipsec{i}", if_id=i, mtu=1400 if i == 54 else None, up=i != 55) for i in range(54, 64)]
+    specs.append(LinkSpec(name="vpn64", if_id=60))  # if_id taken by ipsec60 of this very batch
+    outcomes = await kernel.create_links(netns, specs)
+    assert outcomes[0] == ours
+    assert isinstance(outcomes[1], Conflict) and "if_id 99" in str(outcomes[1])
+    assert isinstance(outcomes[2], Conflict) and "veth" in str(outcomes[2])
+    assert isinstance(outcomes[3], NotFound) and "'missing0'" in str(outcomes[3])
+    assert outcomes[4:14] == [None] * 10
+    assert isinstance(outcomes[14], Conflict) and "if_id 60" in str(outcomes[14])
+    assert not link_exists("vpn64", netns)
+    for i in range(54, 64):
+        shown = link_json(f"ipsec{i}", netns)
+        assert if_id_of(shown) == i and shown["ifalias"] == XFRMID_ALIAS
+        assert shown["group"] in (str(XFRMID_LINK_GROUP), "xfrmid")
+        assert ("UP" in shown["flags"]) == (i != 55) and shown["mtu"] == (1400 if i == 54 else 1500)
+    states = {s.name: s for s in await kernel.xfrm_links(netns)}
+    assert all(states[f"ipsec{i}"].owned for i in range(54, 64)) and not states["ipsec51"].owned
+
+
 async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
     from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg

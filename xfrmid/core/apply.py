@@ -111,7 +111,6 @@ async def _whole(
 
 
 _SIDE_BY_SIDE = frozenset({"delete_link", "create_link"})  # run concurrently when a plan has several
-IN_FLIGHT = 64  # creations at once (the kernel's answers must fit the socket's buffer)
 
 
 # Actions that hand one spec (the Action field after the verb) to the backend method of the same name.
@@ -121,14 +120,11 @@ _OBJECT_OPS = {
 }
 
 
-async def run_action(kernel: KernelBackend, action: Action, *, read: bool = True) -> LinkState | None:
-    """Run one action; the link's state for link actions (``read=False``: None after a
-    create, the caller reads the new links itself, see ``_read_created``)."""
+async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
+    """Run one action; the link's state for link actions."""
     netns = action.netns
     op = action.op
     if op == "create_link":
-        if not read:
-            return await kernel.create_link(netns, action.link, read=False)
         return await kernel.create_link(netns, action.link)
     if op == "recreate_link":
         try:
@@ -193,23 +189,21 @@ async def apply(
             continue
         if action.op in _SIDE_BY_SIDE:
             # Deletions side by side: the backend deletes concurrent ones in one batch.
-            # Creations too: the kernel's work on one overlaps the loop's on the others.
+            # Many creations: one call, the backend sends them in batches.
             end = pos
             while end < len(actions) and actions[end].op == action.op:
                 end += 1
             batch = actions[pos:end]
-            # (the reaper bounds its own requests; creations are bounded here)
-            bound = asyncio.Semaphore(IN_FLIGHT if action.op == "create_link" else len(batch))
-            # many creations: one dump reads the new links, not a get after each
-            read = not (action.op == "create_link" and len(batch) > FEW)
-
-            async def bounded(one: Action) -> LinkState | None:
-                async with bound:
-                    return await run_action(kernel, one, read=read)
-
-            outcomes = await asyncio.gather(*(bounded(a) for a in batch), return_exceptions=True)
-            if not read:
+            if action.op == "create_link" and len(batch) > FEW:
+                # many creations: sent to the kernel in batches from a thread, and the
+                # new links read by one dump, not a get after each
+                try:
+                    outcomes = await kernel.create_links(action.netns, [a.link for a in batch])
+                except XfrmidError as exc:
+                    outcomes = [exc] * len(batch)
                 await _read_created(kernel, batch, outcomes)
+            else:  # deletions (the reaper bounds its own requests), or a few creations
+                outcomes = await asyncio.gather(*(run_action(kernel, a) for a in batch), return_exceptions=True)
             pos = end
         else:
             batch = [action]

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import Failed
+from ..job_thread import JobThread
 from .append_file import AppendFile, write_all
-from .write_thread import WRITER
 
 log = logging.getLogger("xfrmid.core")
 
@@ -53,6 +53,7 @@ COMPACT_MIN = 1 << 20  # journal bytes below which it is never compacted
 # 4.6 ms in the daemon under emulation, bench/README.md). A slower disk (a state_dir on a real one)
 # gets the thread, so the loop never waits on it; compactions always do.
 INLINE_APPEND_S = 0.002
+WRITER = JobThread("xfrmid-state-writer")  # one per process: the daemon has one store
 
 Key = tuple  # (netns or None, interface name)
 

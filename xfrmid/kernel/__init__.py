@@ -14,7 +14,7 @@ from .. import pyroute2_import
 
 pyroute2_import.install()  # before any pyroute2 import below: skips its eager package __init__
 
-from ..errors import KernelUnsupported  # noqa: E402
+from ..errors import KernelUnsupported, XfrmidError  # noqa: E402
 from . import addresses as _addresses  # noqa: E402
 from . import links as _links  # noqa: E402
 from . import routes as _routes  # noqa: E402
@@ -54,13 +54,24 @@ class Kernel:
         """One xfrm link (NotFound if missing, InvalidArgument if not xfrm)."""
         return await _links.link_state(await self._ns.rtnl(netns), netns, name)
 
-    async def create_link(self, netns: str | None, spec: LinkSpec, *, read: bool = True) -> LinkState | None:
+    async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState:
         ipr = await self._ns.rtnl(netns)
         features = await self.features() if spec.external else None
         try:
-            return await _links.create_link(ipr, netns, spec, features, read=read)
+            return await _links.create_link(ipr, netns, spec, features)
         except KernelUnsupported as exc:
             raise await self._unsupported(exc) from None
+
+    async def create_links(self, netns: str | None, specs: list[LinkSpec]) -> list[LinkState | XfrmidError | None]:
+        """``create_link(read=False)`` of many links in two batches of requests; outcomes in order."""
+        ipr = await self._ns.rtnl(netns)
+        bsock = await self._ns.batch_socket(netns)
+        features = await self.features() if any(spec.external for spec in specs) else None
+        outcomes = await _links.create_links(ipr, bsock, netns, specs, features)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, KernelUnsupported):
+                outcomes[i] = await self._unsupported(outcome)
+        return outcomes
 
     async def change_link(
         self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False

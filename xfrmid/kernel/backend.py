@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..errors import XfrmidError
 from .features import Features
 from .objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
 
@@ -22,9 +23,11 @@ class KernelBackend(Protocol):
     # links of kind xfrm
     async def xfrm_links(self, netns: str | None) -> list[LinkState]: ...
     async def link(self, netns: str | None, name: str) -> LinkState: ...  # NotFound / InvalidArgument (not xfrm)
-    async def create_link(
-        self, netns: str | None, spec: LinkSpec, *, read: bool = True
-    ) -> LinkState | None: ...  # ``read=False``: None after a create (the caller dumps the links)
+    async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState: ...
+    async def create_links(
+        self, netns: str | None, specs: list[LinkSpec]
+    ) -> list[LinkState | XfrmidError | None]: ...  # each created (None: the caller dumps
+    # the new links) or adopted (its state), or the error; in order
     async def change_link(
         self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False
     ) -> LinkState: ...  # ``mark``: put xfrmid's markers on it (finish a create cut short)

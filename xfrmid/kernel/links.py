@@ -9,6 +9,8 @@ link_reaper.py, which deletes concurrent requests as one batch.) A create goes s
 xfrmi_newlink answers EEXIST for a used name, a used if_id or a second
 external link, and only then does ``create_link`` look (a get by name, or
 one dump) to name the holder in a Conflict, or to return an identical link.
+``create_links`` sends many creations, and then their markings, as two
+batches (batch.py): the kernel's work runs beside the event loop.
 
 Dumps are parsed from the raw replies, attribute by attribute, for what a
 LinkState holds (``link_msgs.xfrm_state``): pyroute2's full decoding of thousands of
@@ -17,21 +19,24 @@ links costs many times the kernel's own work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from ..errors import Conflict, InvalidArgument, NotFound
+from ..errors import Conflict, InvalidArgument, NotFound, XfrmidError
 from ..naming import Identity, check_ifname, check_unique
-from . import link_msgs, rawnl, xfrm_kind
+from . import batch, link_msgs, rawnl, xfrm_kind
+from .batch import BatchSocket
 from .link_msgs import IFF_UP, KIND, get_link, names_by_get, xfrm_state
 from .namespace import F_CREATE, F_REQ, raw_dump, where
 from .nlerrors import NO_XFRM_KIND, code_of, translate
 from .link_reaper import reaper_of
 from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, LinkSpec, LinkState
 
+EEXIST, ENODEV = 17, 19
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # IFLA_EXT_MASK: no link statistics in dumps (bytes nobody reads)
 
 
@@ -140,7 +145,7 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None, *, 
             await rawnl.transact(ipr, RTM_NEWLINK, _create_message(spec, link_index), F_CREATE)
             break
         except NetlinkError as exc:
-            if code_of(exc) != 17:
+            if code_of(exc) != EEXIST:
                 raise translate(exc, doing, unsupported=NO_XFRM_KIND) from None
             # EEXIST: the name, the if_id or the external slot is taken; say by whom
             existing = await _existing(ipr, netns, spec)
@@ -148,13 +153,10 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None, *, 
                 return existing
             if attempt == 2:  # the holder keeps vanishing before we can name it
                 raise translate(exc, doing) from None
-    # addressed by name; up with the alias, see _create_message
-    up = IFF_UP if spec.up else 0
-    mark = rawnl.ifinfo(flags=up, change=up) + rawnl.link_attrs(name=spec.name, alias=XFRMID_ALIAS)
     try:
-        await rawnl.transact(ipr, RTM_NEWLINK, mark)
+        await rawnl.transact(ipr, RTM_NEWLINK, _mark_message(spec))
     except NetlinkError as exc:
-        if code_of(exc) == 19:  # ENODEV
+        if code_of(exc) == ENODEV:
             raise NotFound(f"{doing} failed: it vanished right after creation.") from None
         raise translate(exc, f"Marking new interface {spec.name!r}{where(netns)}") from None
     if not read:
@@ -167,6 +169,56 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None, *, 
         kind = link_msgs.kind_and_group(created)[0]
         raise Conflict(f"{doing} failed: the name was taken by {_a(kind)} meanwhile.")
     return state
+
+
+async def create_links(ipr, bsock: BatchSocket, netns: str | None, specs: Sequence[LinkSpec],
+                       features=None) -> list[LinkState | XfrmidError | None]:
+    """``create_link(read=False)`` for many links, each outcome in order (an error is returned,
+    not raised): all creations in one batch, then all markings in another (batch.py).
+
+    A name the kernel says is taken (EEXIST) goes through ``create_link``, which
+    names the holder or returns the identical link, as a single create does.
+    """
+    outcomes: list[LinkState | XfrmidError | None] = [None] * len(specs)
+    creates: list[tuple[int, batch.Request]] = []
+    for i, spec in enumerate(specs):
+        try:
+            KIND.verify(spec, features)
+            link_index = await index_of(ipr, netns, spec.link, what="Underlying device") if spec.link else 0
+        except XfrmidError as exc:
+            outcomes[i] = exc
+            continue
+        creates.append((i, (RTM_NEWLINK, F_CREATE, _create_message(spec, link_index))))
+    codes = await batch.exchange(bsock, [request for _, request in creates])
+    taken: list[int] = []
+    made: list[int] = []
+    for (i, _), code in zip(creates, codes):
+        if code == EEXIST:
+            taken.append(i)
+        elif code:
+            doing = f"Creating interface {specs[i].name!r}{where(netns)}"
+            outcomes[i] = translate(NetlinkError(code), doing, unsupported=NO_XFRM_KIND)
+        else:
+            made.append(i)
+    codes = await batch.exchange(bsock, [(RTM_NEWLINK, F_REQ, _mark_message(specs[i])) for i in made])
+    for i, code in zip(made, codes):
+        if code == ENODEV:
+            outcomes[i] = NotFound(f"Creating interface {specs[i].name!r}{where(netns)} failed: "
+                                   "it vanished right after creation.")
+        elif code:
+            outcomes[i] = translate(NetlinkError(code), f"Marking new interface {specs[i].name!r}{where(netns)}")
+    for i in taken:
+        try:
+            outcomes[i] = await create_link(ipr, netns, specs[i], features, read=False)
+        except XfrmidError as exc:
+            outcomes[i] = exc
+    return outcomes
+
+
+def _mark_message(spec: LinkSpec) -> bytes:
+    # addressed by name; up with the alias, see _create_message
+    up = IFF_UP if spec.up else 0
+    return rawnl.ifinfo(flags=up, change=up) + rawnl.link_attrs(name=spec.name, alias=XFRMID_ALIAS)
 
 
 def _create_message(spec: LinkSpec, link_index: int) -> bytes:
@@ -240,7 +292,7 @@ async def change_link(
     try:
         await rawnl.transact(ipr, RTM_NEWLINK, msg + rawnl.link_attrs(mtu=mtu) + markers)
     except NetlinkError as exc:
-        if code_of(exc) == 19:  # ENODEV: someone deleted it meanwhile
+        if code_of(exc) == ENODEV:  # someone deleted it meanwhile
             raise NotFound(f"Interface {name!r} does not exist{where(netns)}.") from None
         raise translate(exc, f"Changing interface {name!r}{where(netns)}") from None
     if (up and not state.up) or mark:

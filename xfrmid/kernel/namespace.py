@@ -25,6 +25,7 @@ from pyroute2.netlink.nlsocket import NetlinkRequest
 
 from ..errors import Failed, NotFound
 from ..validate import NETNS_DIR, check_netns
+from .batch import BatchSocket
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -129,7 +130,7 @@ def _identity(netns: str) -> tuple[int, int] | None:
 
 
 class Namespaces:
-    """Cache of one AsyncIPRoute per namespace.
+    """Cache of one AsyncIPRoute per namespace (and, once asked for, one BatchSocket).
 
     A cached socket pins the namespace it was opened in, so before reuse we
     check that /run/netns/NAME still names that namespace: one deleted and
@@ -138,6 +139,7 @@ class Namespaces:
 
     def __init__(self) -> None:
         self._rtnl: dict[str | None, tuple[AsyncIPRoute, tuple[int, int] | None]] = {}
+        self._batch: dict[str | None, tuple[BatchSocket, tuple[int, int] | None]] = {}
         self._lock = asyncio.Lock()
 
     def _cached(self, netns: str | None) -> AsyncIPRoute | None:
@@ -164,17 +166,29 @@ class Namespaces:
                 self._rtnl[netns] = (ipr, identity)
             return ipr
 
+    async def batch_socket(self, netns: str | None) -> BatchSocket:
+        """The namespace's socket for batches of requests (batch.py), opened on first use."""
+        netns = check_netns(netns)
+        await self.rtnl(netns)  # drops both sockets of a namespace replaced meanwhile
+        entry = self._batch.get(netns)
+        if entry is None:
+            identity = None if netns is None else _identity(netns)
+            bsock = BatchSocket(_netlink_fd() if netns is None else open_netns_fd(netns))
+            self._batch[netns] = entry = (bsock, identity)
+        return entry[0]
+
     def _forget(self, netns: str | None) -> None:
-        entry = self._rtnl.pop(netns, None)
-        if entry is not None:
-            entry[0].close()
+        for cache in (self._rtnl, self._batch):
+            entry = cache.pop(netns, None)
+            if entry is not None:
+                entry[0].close()
 
     def forget(self, netns: str | None) -> None:
         """Drop the socket of a namespace (e.g. after it was deleted)."""
         self._forget(netns)
 
     async def close(self) -> None:
-        for netns in list(self._rtnl):
+        for netns in set(self._rtnl) | set(self._batch):
             self._forget(netns)
 
 

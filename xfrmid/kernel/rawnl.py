@@ -97,9 +97,10 @@ async def transact(ipr, msg_type: int, body: bytes, flags: int = F_REQ) -> list[
 
     Every request asks for an ack (NLM_F_ACK), so the answer always ends with an
     NLMSG_ERROR: zero for success, else the negative errno. The kernel does the
-    work inside this send (rtnetlink is synchronous). Sending from a helper
-    thread, so the loop could go on meanwhile, was measured slower: the hand-offs
-    cost more than the overlap gained (bench/README.md, session 5).
+    work inside this send (rtnetlink is synchronous). Sending each request from
+    a helper thread, so the loop could go on meanwhile, was measured slower: the
+    hand-offs cost more than the overlap gained (bench/README.md, session 5).
+    Many requests at once go through batch.py instead: one hand-off per batch.
     """
     seq = _next_seq()
     await ipr.setup_endpoint()  # the socket's reader and queue exist from here on

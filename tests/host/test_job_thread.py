@@ -1,4 +1,5 @@
-"""The state file's write thread (core/write_thread.py): order, errors, cancellation."""
+"""The job thread (job_thread.py) of the state file's writes and the kernel's batches: order,
+results, errors, cancellation."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import threading
 
 import pytest
 
-from xfrmid.core.write_thread import WriteThread
+from xfrmid.job_thread import JobThread
 from xfrmid.errors import Failed
 
 
 async def test_jobs_run_off_the_loop_in_order():
-    writer = WriteThread()
+    writer = JobThread("xfrmid-state-writer")
     seen: list[tuple[int, str]] = []
     await asyncio.gather(*(writer.run(lambda i=i: seen.append((i, threading.current_thread().name)))
                            for i in range(50)))
@@ -21,7 +22,7 @@ async def test_jobs_run_off_the_loop_in_order():
 
 
 async def test_a_failing_job_raises_in_the_waiter_and_the_thread_goes_on():
-    writer = WriteThread()
+    writer = JobThread("xfrmid-state-writer")
 
     def fail() -> None:
         raise Failed("Cannot write state file '/x': No space left on device.")
@@ -34,7 +35,7 @@ async def test_a_failing_job_raises_in_the_waiter_and_the_thread_goes_on():
 
 
 async def test_a_cancelled_waiter_leaves_the_job_to_finish_and_the_thread_serving():
-    writer = WriteThread()
+    writer = JobThread("xfrmid-state-writer")
     started, release = threading.Event(), threading.Event()
     finished = []
 
@@ -54,8 +55,13 @@ async def test_a_cancelled_waiter_leaves_the_job_to_finish_and_the_thread_servin
 
 
 def test_a_new_event_loop_gets_its_answers_too():
-    writer = WriteThread()
+    writer = JobThread("xfrmid-state-writer")
     for _ in range(2):  # the thread outlives a loop (tests, a daemon restarted in-process)
         out: list[int] = []
         asyncio.run(writer.run(lambda: out.append(1)))
         assert out == [1]
+
+
+async def test_a_job_returns_its_result():
+    worker = JobThread("xfrmid-test")
+    assert await worker.run(lambda: threading.current_thread().name) == "xfrmid-test"
