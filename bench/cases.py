@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from xfrmid.bus.names import MANAGER_IFACE
@@ -90,8 +91,12 @@ async def pipelined(calls, seconds: float, window: int = WINDOW) -> tuple[float,
     return time.perf_counter() - start, done
 
 
+SETTLE_S = 2.0  # > the watcher's MAX_DELAY: its repairs after the create are done and logged
+
+
 async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, deadline: float,
-                        window: int = WINDOW, single: bool = False) -> list[dict]:
+                        window: int = WINDOW, single: bool = False,
+                        resyncs: Callable[[], int] = lambda: 0) -> list[dict]:
     """create and delete: n interfaces through the API vs ip -batch of the same links.
 
     ``single``: one CreateInterface/DeleteInterface call per interface, ``window`` in
@@ -99,6 +104,8 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
     ``deadline`` (seconds, 0 none; single calls only): each of create and delete stops sending calls
     after that long; a row cut short says so (xfrmid and ratio null, completed,
     elapsed_s, and the per-call ratio of what was done).
+    ``resyncs``: how often the daemon has resynchronised so far (its log), for each row's
+    ``daemon_resyncs``: an overrun of its monitor during that operation.
     """
     base_create = ip_batch(base_ns, link_lines(n))
     base_delete = ip_batch(base_ns, [f"link del dev {name}" for name in names(n)])
@@ -118,6 +125,8 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
         start = time.perf_counter()
         await client.create_interfaces([(nm, 0, {}) for nm in names(n)])
         took_create, created = time.perf_counter() - start, n
+    await asyncio.sleep(SETTLE_S)  # the watcher's burst after the create (an overrun is logged then)
+    resyncs_created = resyncs()
     if xfrm_count(xfrmid_ns) != created:
         raise RuntimeError(f"create left {xfrm_count(xfrmid_ns)} links in the kernel after {created} calls")
     if single:
@@ -127,6 +136,8 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
         start = time.perf_counter()
         await client.delete_interfaces(names(created))
         took_delete, deleted = time.perf_counter() - start, created
+    await asyncio.sleep(SETTLE_S)
+    resyncs_deleted = resyncs() - resyncs_created
     if xfrm_count(xfrmid_ns) != created - deleted:
         raise RuntimeError(f"delete left {xfrm_count(xfrmid_ns)} links in the kernel, not {created - deleted}")
 
@@ -141,10 +152,11 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
         row("create", took_create if created == n else None, base_create, n, 1.5,
             baseline_tool="ip -batch (link add group 120 + link set alias xfrmid up)", api="CreateInterface per interface" if single else "CreateInterfaces, one call",
             kernel_floor_s=_r(floor_create), kernel_floor_tool="ip -batch (bare link add type xfrm)",
+            daemon_resyncs=resyncs_created,
             bus_floor_s=_r(bus_floor), bus_floor_tool=f"{n} Properties.Get, {window} in flight",
             **explained(took_create, created, base_create)),
         row("delete", took_delete if created == n and deleted == n else None, base_delete, n, 1.0,
-            baseline_tool="ip -batch (link del)", kernel_bulk_s=_r(bulk_delete), api="DeleteInterface per interface" if single else "DeleteInterfaces, one call",
+            baseline_tool="ip -batch (link del)", kernel_bulk_s=_r(bulk_delete), daemon_resyncs=resyncs_deleted, api="DeleteInterface per interface" if single else "DeleteInterfaces, one call",
             kernel_bulk_tool="ip -batch (link set group 121 per link, then one link del group 121)",
             **explained(took_delete, deleted, base_delete)),
     ]

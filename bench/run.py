@@ -136,13 +136,10 @@ def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, 
     log(f"create/delete: {args.n} interfaces")
     daemon = start_daemon(bus, api_ns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "create-delete"))
     try:
-        new = asyncio.run(_with_client(
-            bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.deadline, args.window, args.single_calls)))
-        # the daemon's own events overran its monitor socket (a full reconcile followed): worth knowing
-        resyncs = daemon.count("resynchronising")
-        for row in new:
-            row["daemon_resyncs"] = resyncs
-        rows.extend(new)
+        # the daemon's monitor overran (a full reconcile followed): worth knowing per row
+        rows.extend(asyncio.run(_with_client(
+            bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.deadline, args.window,
+                                                       args.single_calls, lambda: daemon.count("resynchronising")))))
         save(rows, out)
     except Exception:
         _tail_on_error(daemon)

@@ -45,6 +45,7 @@ def test_bench_smoke_writes_all_six_rows(tmp_path, capsys):
     assert by["startup"]["kernel_reads_messages"]["xfrmid's routes"] == 12
     assert by["startup"]["daemon_user_s"] > 0
     assert by["create"]["kernel_floor_s"] > 0 and by["delete"]["kernel_bulk_s"] > 0
+    assert by["create"]["daemon_resyncs"] == 0 and by["delete"]["daemon_resyncs"] == 0  # 12 links: no overrun
     assert by["create"]["completed"] == by["delete"]["completed"] == 12
     assert by["event_storm"]["repaired"] and by["event_storm"]["foreign_xfrm"]["repaired"], by["event_storm"]
     meta = json.loads((tmp_path / "bench-meta.json").read_text())
