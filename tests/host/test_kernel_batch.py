@@ -91,5 +91,16 @@ def test_a_closed_socket_fails_the_batch_with_a_typed_error(netns):
 
     bsock = BatchSocket(open_netns_fd(netns))
     bsock.close()
-    with pytest.raises(Failed, match="batch of 1 link requests"):
+    with pytest.raises(Failed, match="batch of 1 rtnetlink requests"):
         bsock.exchange([set_alias("d0", "x")])
+
+
+async def test_sequence_numbers_wrap_before_32_bits(netns):
+    ns = Namespaces()
+    try:
+        bsock = await ns.batch_socket(netns)
+        bsock._seq = (1 << 32) - 3
+        codes = await exchange(bsock, [set_alias("d0", "w1"), set_alias("missing", "w2")])
+        assert codes == [0, ENODEV] and bsock._seq == 3
+    finally:
+        await ns.close()

@@ -73,6 +73,8 @@ class BatchSocket:
         return codes
 
     def _send_part(self, requests: Sequence[Request], first: int, stop: int, codes: list[int]) -> None:
+        if self._seq + PER_SEND + 1 >= 1 << 32:  # nlmsg_seq is 32 bits
+            self._seq = 0
         base = self._seq + 1
         self._seq += stop - first + 1
         pack = _HDR.pack
@@ -100,7 +102,7 @@ class BatchSocket:
                             codes[first + seq - base] = abs(_ERROR.unpack_from(data, pos + 16)[0])
                     pos += (length + 3) & ~3
         except OSError as exc:  # timeout, or the socket failed: nothing can be told per request
-            raise Failed(f"Sending a batch of {stop - first} link requests to the kernel failed: "
+            raise Failed(f"Sending a batch of {stop - first} rtnetlink requests to the kernel failed: "
                          f"{exc.strerror or 'no answer'}.") from None
 
 
