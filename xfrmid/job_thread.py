@@ -1,14 +1,14 @@
 """A thread that runs blocking jobs for the event loop, one at a time, in order.
 
-The state file's writes use one, so the loop never waits on a disk: every
-call that changes the desired state waits for its write (and fsync) before it
-answers, so the hand-off to a thread and back is part of every Attach. The
-kernel's batches of link requests use another (kernel/batch.py). ``asyncio.to_thread`` costs more than twice a plain hand-off: the
-executor's bookkeeping, a copied context and a chained future per write
-(in the test VM 0.67 ms against 0.29 ms round trip for a small fsync on tmpfs,
-whose fsync alone took 0.04 ms; bench/README.md). One long-lived thread
-with a queue does only what is needed: run the job, wake the loop.
-
+The state file's writes use one, so the loop never waits on a disk (core/store.py);
+the kernel's batches of link requests use another (kernel/batch.py). Every call
+that changes the desired state waits for its write before it answers, so the
+hand-off to a thread and back is part of every Attach. ``asyncio.to_thread``
+costs more than twice a plain hand-off: the executor's bookkeeping, a copied
+context and a chained future per job (in the test VM 0.67 ms against 0.29 ms
+round trip for a small fsync on tmpfs, whose fsync alone took 0.04 ms;
+bench/README.md). One long-lived thread with a queue does only what is needed:
+run the job, wake the loop.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The host has no xfrm links; changing veth devices in a throwaway namespace
 exercises the same mechanism: requests without acks in one datagram, only
 failures answered, each answer matched to its request, batches larger than
 one datagram. Creating xfrm links this way is tested in the VM
-(tests/kernel/test_bulk_create.py).
+(tests/kernel/test_links.py).
 """
 
 from __future__ import annotations

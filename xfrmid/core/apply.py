@@ -189,7 +189,6 @@ async def apply(
             continue
         if action.op in _SIDE_BY_SIDE:
             # Deletions side by side: the backend deletes concurrent ones in one batch.
-            # Many creations: one call, the backend sends them in batches.
             end = pos
             while end < len(actions) and actions[end].op == action.op:
                 end += 1

@@ -22,12 +22,13 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+
 from ..errors import Failed
 from ..job_thread import JobThread
+from .namespace import _HDR, NLMSG_ERROR
 
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_NOOP, NLMSG_ERROR = 1, 2
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+NLMSG_NOOP = 1
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error answers without a copy of the request
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)

@@ -156,9 +156,7 @@ async def create_link(ipr, netns: str | None, spec: LinkSpec, features=None, *, 
     try:
         await rawnl.transact(ipr, RTM_NEWLINK, _mark_message(spec))
     except NetlinkError as exc:
-        if code_of(exc) == ENODEV:
-            raise NotFound(f"{doing} failed: it vanished right after creation.") from None
-        raise translate(exc, f"Marking new interface {spec.name!r}{where(netns)}") from None
+        raise _marking_failed(exc, spec, netns) from None
     if not read:
         return None
     created = await get_link(ipr, name=spec.name)
@@ -202,17 +200,20 @@ async def create_links(ipr, bsock: BatchSocket, netns: str | None, specs: Sequen
             made.append(i)
     codes = await batch.exchange(bsock, [(RTM_NEWLINK, F_REQ, _mark_message(specs[i])) for i in made])
     for i, code in zip(made, codes):
-        if code == ENODEV:
-            outcomes[i] = NotFound(f"Creating interface {specs[i].name!r}{where(netns)} failed: "
-                                   "it vanished right after creation.")
-        elif code:
-            outcomes[i] = translate(NetlinkError(code), f"Marking new interface {specs[i].name!r}{where(netns)}")
+        if code:
+            outcomes[i] = _marking_failed(NetlinkError(code), specs[i], netns)
     for i in taken:
         try:
             outcomes[i] = await create_link(ipr, netns, specs[i], features, read=False)
         except XfrmidError as exc:
             outcomes[i] = exc
     return outcomes
+
+
+def _marking_failed(exc: NetlinkError, spec: LinkSpec, netns: str | None) -> XfrmidError:
+    if code_of(exc) == ENODEV:
+        return NotFound(f"Creating interface {spec.name!r}{where(netns)} failed: it vanished right after creation.")
+    return translate(exc, f"Marking new interface {spec.name!r}{where(netns)}")
 
 
 def _mark_message(spec: LinkSpec) -> bytes:

@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
@@ -25,7 +26,9 @@ from pyroute2.netlink.nlsocket import NetlinkRequest
 
 from ..errors import Failed, NotFound
 from ..validate import NETNS_DIR, check_netns
-from .batch import BatchSocket
+
+if TYPE_CHECKING:
+    from .batch import BatchSocket
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -139,7 +142,7 @@ class Namespaces:
 
     def __init__(self) -> None:
         self._rtnl: dict[str | None, tuple[AsyncIPRoute, tuple[int, int] | None]] = {}
-        self._batch: dict[str | None, tuple[BatchSocket, tuple[int, int] | None]] = {}
+        self._batch: dict[str | None, BatchSocket] = {}  # dropped with the namespace's AsyncIPRoute
         self._lock = asyncio.Lock()
 
     def _cached(self, netns: str | None) -> AsyncIPRoute | None:
@@ -168,20 +171,22 @@ class Namespaces:
 
     async def batch_socket(self, netns: str | None) -> BatchSocket:
         """The namespace's socket for batches of requests (batch.py), opened on first use."""
+        from .batch import BatchSocket  # batch.py uses this module's netlink constants
+
         netns = check_netns(netns)
-        await self.rtnl(netns)  # drops both sockets of a namespace replaced meanwhile
-        entry = self._batch.get(netns)
-        if entry is None:
-            identity = None if netns is None else _identity(netns)
-            bsock = BatchSocket(_netlink_fd() if netns is None else open_netns_fd(netns))
-            self._batch[netns] = entry = (bsock, identity)
-        return entry[0]
+        await self.rtnl(netns)  # checks the namespace: one replaced meanwhile loses both sockets
+        bsock = self._batch.get(netns)
+        if bsock is None:
+            bsock = self._batch[netns] = BatchSocket(_netlink_fd() if netns is None else open_netns_fd(netns))
+        return bsock
 
     def _forget(self, netns: str | None) -> None:
-        for cache in (self._rtnl, self._batch):
-            entry = cache.pop(netns, None)
-            if entry is not None:
-                entry[0].close()
+        entry = self._rtnl.pop(netns, None)
+        if entry is not None:
+            entry[0].close()
+        bsock = self._batch.pop(netns, None)
+        if bsock is not None:
+            bsock.close()
 
     def forget(self, netns: str | None) -> None:
         """Drop the socket of a namespace (e.g. after it was deleted)."""
