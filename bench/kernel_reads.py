@@ -20,50 +20,65 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time
 
-from xfrmid.kernel.events import IFLA_INFO_KIND, IFLA_LINKINFO
-from xfrmid.kernel.links import RTEXT_FILTER_SKIP_STATS
 from xfrmid.kernel.namespace import open_netns_fd
+from xfrmid.kernel.netlink import (
+    ERRNO,
+    HDR,
+    IFADDR,
+    IFLA_EXT_MASK,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTEXT_FILTER_SKIP_STATS,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    RTM_GETRULE,
+    RTMSG,
+    ifinfo,
+    message,
+    nest,
+    text,
+    u32,
+)
 from xfrmid.kernel.objects import XFRMID_PROTO
-from xfrmid.kernel.rawnl import IFLA_EXT_MASK, ifinfo, nest, text, u32
 
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETRULE = 18, 22, 26, 34
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
-_HDR = struct.Struct("=IHHII")
 
 
 def _requests() -> list[tuple[str, int, bytes]]:
     """(what, message type, payload) of the four dumps the start-up reconcile makes
-    (built with the daemon's own message helpers, kernel/rawnl.py)."""
+    (built with the daemon's own message helpers, kernel/netlink.py)."""
     link = ifinfo() + u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS) + nest(IFLA_LINKINFO, text(IFLA_INFO_KIND, "xfrm"))
-    addr = struct.pack("=BBBBI", 0, 0, 0, 0, 0)
+    addr = IFADDR.pack(0, 0, 0, 0, 0)
     # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
-    route = struct.pack("=BBBBBBBBI", 0, 0, 0, 0, 0, XFRMID_PROTO, 0, 0, 0)
-    rule = struct.pack("=BBBBBBBBI", 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    route = RTMSG.pack(0, 0, 0, 0, 0, XFRMID_PROTO, 0, 0, 0)
+    rule = RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
     return [("xfrm links", RTM_GETLINK, link), ("addresses", RTM_GETADDR, addr),
             ("xfrmid's routes", RTM_GETROUTE, route), ("rules", RTM_GETRULE, rule)]
 
 
 def _dump(sock: socket.socket, seq: int, mtype: int, payload: bytes) -> tuple[int, int]:
     """One dump, replies received and dropped; (messages, bytes)."""
-    sock.send(_HDR.pack(_HDR.size + len(payload), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + payload)
+    sock.send(message(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, payload))
     messages = size = 0
     while True:
         data = sock.recv(1 << 20)
         size += len(data)
         pos = 0
-        while pos + _HDR.size <= len(data):
-            length, rtype, _flags, _seq, _pid = _HDR.unpack_from(data, pos)
+        while pos + HDR.size <= len(data):
+            length, rtype, _flags, _seq, _pid = HDR.unpack_from(data, pos)
             if rtype == NLMSG_DONE:
                 return messages, size
             if rtype == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, pos + _HDR.size)[0]
+                code = -ERRNO.unpack_from(data, pos + HDR.size)[0]
                 if code:
                     raise OSError(code, f"netlink dump {mtype}: {os.strerror(code)}")
                 return messages, size
@@ -108,7 +123,9 @@ def child_times(cmd: list[str], **popen) -> tuple[float, float, float]:
     return time.perf_counter() - start, usage.ru_utime, usage.ru_stime
 
 
-DAEMON_MODULES = "xfrmid.daemon, xfrmid.kernel, xfrmid.bus.service, xfrmid.core.manager"
+DAEMON_MODULES = "xfrmid.daemon, xfrmid.kernel.rtnetlink, xfrmid.bus.service, xfrmid.core.manager"
+# the daemon readies pyroute2's import (open_kernel) before the kernel layer loads it
+DAEMON_IMPORTS = f"import xfrmid.kernel; xfrmid.kernel.prepare(); import {DAEMON_MODULES}"
 
 
 def python_floor(top: str) -> dict:
@@ -116,7 +133,7 @@ def python_floor(top: str) -> dict:
     modules (no daemon work), with the daemon's module path: what the start-up pays before any work."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (top, os.environ.get("PYTHONPATH")) if p))
     out = {}
-    for what, code in (("python_start", "pass"), ("python_imports", f"import {DAEMON_MODULES}")):
+    for what, code in (("python_start", "pass"), ("python_imports", DAEMON_IMPORTS)):
         wall, user, system = child_times([sys.executable, "-c", code], cwd=top, env=env)
         out[what] = {"wall_s": round(wall, 4), "user_s": round(user, 4), "sys_s": round(system, 4)}
     return out

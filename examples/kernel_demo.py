@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from xfrmid.errors import XfrmidError
-from xfrmid.kernel import Kernel
+from xfrmid.kernel import open_kernel
 from xfrmid.kernel.objects import AddressSpec, LinkSpec, RouteSpec, RuleSpec
 from xfrmid.naming import resolve
 
@@ -32,7 +32,7 @@ def show(*args: str) -> None:
 
 
 async def demo() -> int:
-    kernel = Kernel()
+    kernel = open_kernel()
     try:
         step("Probe the kernel")
         features = await kernel.features()

@@ -3,7 +3,7 @@
 - ``settings``: default Settings with the state directory under tmp_path.
 - ``manager``: a started core Manager over whatever ``kernel`` fixture the
   suite provides (host: the in-memory FakeKernel of the test module; kernel:
-  the real xfrmid.kernel.Kernel from tests/kernel/conftest.py), stopped after.
+  the real kernel backend from tests/kernel/conftest.py), stopped after.
 """
 
 from __future__ import annotations

@@ -162,11 +162,11 @@ class Daemon:
         return f"Serving {count} interface{'s' if count != 1 else ''}"
 
     async def run(self) -> int:
-        from .kernel import Kernel
+        from .kernel import open_kernel
 
         # One probe (a modprobe and a throwaway namespace): the Kernel caches it for the manager.
         # It starts first: modprobe, a process of its own, runs while the rest is imported.
-        self.kernel = Kernel()
+        self.kernel = open_kernel()
         probing = asyncio.ensure_future(self.kernel.features())
         await asyncio.sleep(0)
         try:

@@ -6,11 +6,13 @@ plan9, ...) just to re-export them. Any ``import pyroute2.x.y`` runs it first,
 so the daemon paid for all of it (most of its start-up in the test VM) while
 it uses only AsyncIPRoute and the rtnetlink message classes.
 
-What that ``__init__`` does besides importing (checked in 0.9.7): sets
-``__version__`` and, through ``pyroute2.config.log``, gives the ``pyroute2``
-logger a NullHandler; the ``win_inet_pton`` patch is Windows only. There is
-no module aliasing and no configuration beyond that (``pyroute2.config``
-is a submodule the others import themselves).
+What that ``__init__`` does besides importing (0.9.6 and 0.9.7, the supported
+versions, have the same one): sets ``__version__`` and, through
+``pyroute2.config.log``, gives the ``pyroute2`` logger a NullHandler; the
+``win_inet_pton`` patch is Windows only. There is no module aliasing and no
+configuration beyond that (``pyroute2.config`` is a submodule the others
+import themselves). tests/host/test_dependency_guards.py fails, naming this
+file, when a pyroute2 release makes it do more.
 
 How: ``install()`` registers the package module built from pyroute2's own
 spec (so ``__path__`` and submodule imports are the real ones) without
@@ -22,14 +24,17 @@ still gets exactly what ``import pyroute2`` gives. If pyroute2 is already
 imported, nothing changes.
 
 Also deferred: pyroute2's traffic-control modules. ``pyroute2.netlink.rtnl.tcmsg``
-(reached through AsyncIPRoute's message table) imports its 22 qdisc and
-classifier plugins, which import some 15 more, only to list them in a dict
+(reached through AsyncIPRoute's message table) imports its two dozen qdisc
+and classifier plugins, which import some more, only to list them in a dict
 for decoding tc messages, which xfrmid never sends nor receives. ``install()``
 puts a finder first on ``sys.meta_path`` that gives those modules (and only
 those) the standard library's ``importlib.util.LazyLoader``: each is found as
 usual but runs on its first attribute access, so any code that does use tc gets
 the real modules. In the test VM each module costs about half a second of
 start-up, so this is some 15 s of the daemon's.
+
+Nothing happens on import: ``xfrmid.kernel.prepare()`` calls ``install()``
+when the kernel layer is opened, before its first pyroute2 import.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import sys
 
 from test_features_host import host_has_xfrm_interface
 
-from xfrmid.kernel.features import probe_features_sync
+from xfrmid.kernel import probe_features_sync
 
 
 def run_daemon(*args: str) -> subprocess.CompletedProcess:

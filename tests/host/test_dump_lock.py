@@ -13,15 +13,16 @@ import asyncio
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from xfrmid.kernel import namespace
+from xfrmid.kernel.connection import NetnsConnection
+from xfrmid.kernel.namespace import netlink_fd
 
 
 async def test_concurrent_dumps_on_one_socket_all_answer():
-    ipr = namespace.rtnl_on_fd(namespace._netlink_fd())
+    conn = NetnsConnection(netlink_fd(), None)
     try:
-        results = await asyncio.gather(*(namespace.dump(ipr, ifinfmsg(), RTM_GETLINK) for _ in range(20)))
+        results = await asyncio.gather(*(conn.dump(ifinfmsg(), RTM_GETLINK) for _ in range(20)))
     finally:
-        ipr.close()
+        conn.close()
     names = [sorted(m.get_attr("IFLA_IFNAME") for m in r if m["header"]["type"] == RTM_NEWLINK) for r in results]
     assert names[0] and "lo" in names[0]
     assert all(n == names[0] for n in names)

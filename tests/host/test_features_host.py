@@ -14,7 +14,8 @@ import subprocess
 
 import pytest
 
-from xfrmid.kernel.features import Features, missing_explanation, probe_features, probe_features_sync
+from xfrmid.kernel import probe_features, probe_features_sync
+from xfrmid.kernel.features import Features, missing_explanation
 
 
 def host_has_xfrm_interface() -> bool:

@@ -16,10 +16,10 @@ import uuid
 
 import pytest
 
-from xfrmid.kernel import rawnl
 from xfrmid.kernel.batch import PER_SEND, THREAD, BatchSocket, exchange
 from xfrmid.kernel.links import ENODEV
-from xfrmid.kernel.namespace import F_REQ, Namespaces
+from xfrmid.kernel.connection import NetnsConnection
+from xfrmid.kernel.netlink import F_REQ, ifinfo, link_attrs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 
@@ -43,13 +43,13 @@ def alias_of(netns: str, dev: str) -> str:
 
 
 def set_alias(dev: str, alias: str) -> tuple[int, int, bytes]:
-    return (RTM_NEWLINK, F_REQ, rawnl.ifinfo() + rawnl.link_attrs(name=dev, alias=alias))
+    return (RTM_NEWLINK, F_REQ, ifinfo() + link_attrs(name=dev, alias=alias))
 
 
 async def test_each_request_gets_its_own_answer_in_order_across_datagrams(netns):
-    ns = Namespaces()
+    conn = NetnsConnection.open(netns)
     try:
-        bsock = await ns.batch_socket(netns)
+        bsock = conn.batch_socket()
         n = 2 * PER_SEND + 7  # three datagrams
         requests = [set_alias("d0" if i % 3 else f"missing{i}", f"a{i}") for i in range(n)]
         codes = await exchange(bsock, requests)
@@ -60,13 +60,13 @@ async def test_each_request_gets_its_own_answer_in_order_across_datagrams(netns)
         assert await exchange(bsock, [set_alias("e0", "peer")]) == [0]
         assert alias_of(netns, "e0") == "peer"
     finally:
-        await ns.close()
+        conn.close()
 
 
 async def test_the_loop_runs_while_the_thread_waits_for_the_kernel(netns):
-    ns = Namespaces()
+    conn = NetnsConnection.open(netns)
     try:
-        bsock = await ns.batch_socket(netns)
+        bsock = conn.batch_socket()
         ticks = 0
 
         async def tick() -> None:
@@ -82,7 +82,7 @@ async def test_the_loop_runs_while_the_thread_waits_for_the_kernel(netns):
         assert ticks > 1
         assert THREAD.name == "xfrmid-netlink-batch"
     finally:
-        await ns.close()
+        conn.close()
 
 
 def test_a_closed_socket_fails_the_batch_with_a_typed_error(netns):
@@ -96,11 +96,11 @@ def test_a_closed_socket_fails_the_batch_with_a_typed_error(netns):
 
 
 async def test_sequence_numbers_wrap_before_32_bits(netns):
-    ns = Namespaces()
+    conn = NetnsConnection.open(netns)
     try:
-        bsock = await ns.batch_socket(netns)
+        bsock = conn.batch_socket()
         bsock._seq = (1 << 32) - 3
         codes = await exchange(bsock, [set_alias("d0", "w1"), set_alias("missing", "w2")])
         assert codes == [0, ENODEV] and bsock._seq == 3
     finally:
-        await ns.close()
+        conn.close()

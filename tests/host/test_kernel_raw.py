@@ -1,7 +1,7 @@
 """Raw (attribute-light) dumps against pyroute2's full decoding, on the host's own kernel.
 
 The host has no xfrm links, but veth devices, addresses, routes and rules in a
-throwaway namespace exercise the same raw parsers (kernel/namespace.raw_dump,
+throwaway namespace exercise the same raw parsers (NetnsConnection.raw_dump,
 the addresses/routes/rules parsers); xfrm links are compared in the VM.
 Also: snapshot's one-dump and per-interface address paths agree (fake kernel).
 """
@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from xfrmid.core.apply import snapshot
-from xfrmid.kernel import Kernel
+from xfrmid.kernel import open_kernel
 from xfrmid.kernel.objects import AddressSpec, LinkSpec, RouteSpec, RuleSpec
 
 from fake_kernel import FakeKernel
@@ -51,7 +51,7 @@ async def test_raw_addresses_routes_rules(netns):
     ip(netns, "-6", "rule", "add", "to", "2001:db8::/32", "fwmark", "0x10/0xff", "lookup", "1000", "priority",
        "102", "proto", "120")
     ip(netns, "rule", "add", "to", "10.0.0.0/8", "lookup", "52", "priority", "103")  # foreign
-    async with Kernel() as kernel:
+    async with open_kernel() as kernel:
         await kernel.add_address(netns, AddressSpec("d0", "10.1.1.1/24"))
         await kernel.add_address(netns, AddressSpec("d0", "2001:db8::1/64"))
         await kernel.add_address(netns, AddressSpec("d1", "10.1.2.1/32"))

@@ -12,7 +12,7 @@ import pytest
 
 from xfrmid.errors import Busy, NotFound
 from xfrmid.kernel import link_reaper, nlattrs
-from xfrmid.kernel.events import _IFINFO, IFLA_GROUP
+from xfrmid.kernel.netlink import IFINFO, IFLA_GROUP
 from xfrmid.kernel.link_reaper import LinkReaper
 from xfrmid.kernel.objects import XFRMID_DELETING_GROUP, XFRMID_LINK_GROUP
 from pyroute2.netlink.exceptions import NetlinkError
@@ -21,18 +21,20 @@ ENODEV, EBUSY = 19, 16
 
 
 class ScriptedRtnl:
-    """ifindex -> [name, group]; answers moves and deletions like the kernel (ENODEV for none)."""
+    """A namespace's connection whose ``transact`` answers like the kernel:
+    ifindex -> [name, group]; moves and deletions (ENODEV for none)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, netns: str | None = None) -> None:
+        self.netns = netns
         self.links = {i: [f"x{i}", XFRMID_LINK_GROUP] for i in range(1, count + 1)}
         self.sent: list[tuple[str, object]] = []
         self.busy: set[int] = set()  # deleting these fails with EBUSY
         self.group_fails = False
 
-    async def transact(self, ipr, msg_type, body, flags=0):
+    async def transact(self, msg_type, body, flags=0):
         await asyncio.sleep(0)
-        index = _IFINFO.unpack_from(body, 0)[2]
-        attrs = {"IFLA_GROUP": g} if (g := nlattrs.pick(body, 16, len(body), {IFLA_GROUP: nlattrs.u32}).get(
+        index = IFINFO.unpack_from(body, 0)[2]
+        attrs = {"IFLA_GROUP": g} if (g := nlattrs.pick(body, IFINFO.size, len(body), {IFLA_GROUP: nlattrs.u32}).get(
             IFLA_GROUP)) is not None else {}
         if msg_type == link_reaper.RTM_NEWLINK:
             self.sent.append(("move", attrs["IFLA_GROUP"]))
@@ -58,10 +60,8 @@ class ScriptedRtnl:
 
 
 @pytest.fixture
-def rtnl(monkeypatch):
-    scripted = ScriptedRtnl(50)
-    monkeypatch.setattr(link_reaper.rawnl, "transact", scripted.transact)
-    return scripted
+def rtnl():
+    return ScriptedRtnl(50)
 
 
 def deletions(rtnl: ScriptedRtnl) -> list:
@@ -69,13 +69,14 @@ def deletions(rtnl: ScriptedRtnl) -> list:
 
 
 async def test_a_delete_alone_is_one_plain_request(rtnl):
-    await LinkReaper(object(), None).delete("x3", 3, XFRMID_LINK_GROUP)
+    await LinkReaper(rtnl).delete("x3", 3, XFRMID_LINK_GROUP)
     assert rtnl.sent == [("delete", 3)] and 3 not in rtnl.links
 
 
 async def test_concurrent_deletes_become_one_group_deletion(rtnl):
     rtnl.links[99] = ["foreign", 0]
-    reaper = LinkReaper(object(), "blue")
+    rtnl.netns = "blue"
+    reaper = LinkReaper(rtnl)
     await asyncio.gather(*(reaper.delete(f"x{i}", i, XFRMID_LINK_GROUP) for i in range(1, 51)))
     assert list(rtnl.links) == [99]
     assert deletions(rtnl) == [("delete group", XFRMID_DELETING_GROUP)]
@@ -83,7 +84,7 @@ async def test_concurrent_deletes_become_one_group_deletion(rtnl):
 
 
 async def test_deletes_arriving_during_a_batch_form_the_next_one(rtnl):
-    reaper = LinkReaper(object(), None)
+    reaper = LinkReaper(rtnl)
     first = asyncio.ensure_future(reaper.delete("x1", 1, XFRMID_LINK_GROUP))
     await asyncio.sleep(0)  # the batch of one is in flight
     await asyncio.gather(first, *(reaper.delete(f"x{i}", i, XFRMID_LINK_GROUP) for i in range(2, 51)))
@@ -93,7 +94,8 @@ async def test_deletes_arriving_during_a_batch_form_the_next_one(rtnl):
 
 async def test_each_caller_gets_its_own_result(rtnl):
     del rtnl.links[7]  # vanished before the move
-    reaper = LinkReaper(object(), "blue")
+    rtnl.netns = "blue"
+    reaper = LinkReaper(rtnl)
     results = await asyncio.gather(*(reaper.delete(f"x{i}", i, XFRMID_LINK_GROUP) for i in range(1, 11)),
                                    return_exceptions=True)
     assert isinstance(results[6], NotFound) and "'x7'" in str(results[6]) and "'blue'" in str(results[6])
@@ -104,7 +106,7 @@ async def test_each_caller_gets_its_own_result(rtnl):
 async def test_a_failed_group_deletion_falls_back_to_one_by_one(rtnl):
     rtnl.group_fails = True
     rtnl.busy = {4}
-    reaper = LinkReaper(object(), None)
+    reaper = LinkReaper(rtnl)
     results = await asyncio.gather(*(reaper.delete(f"x{i}", i, XFRMID_LINK_GROUP) for i in range(1, 6)),
                                    return_exceptions=True)
     assert results[:3] + results[4:] == [None] * 4
@@ -114,7 +116,7 @@ async def test_a_failed_group_deletion_falls_back_to_one_by_one(rtnl):
 
 
 async def test_a_cancelled_caller_does_not_stop_the_batch(rtnl):
-    reaper = LinkReaper(object(), None)
+    reaper = LinkReaper(rtnl)
     tasks = [asyncio.ensure_future(reaper.delete(f"x{i}", i, XFRMID_LINK_GROUP)) for i in range(1, 6)]
     await asyncio.sleep(0)
     tasks[0].cancel()

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xfrmid import daemon
-from xfrmid.kernel import addresses, features, nlattrs, routes
+from xfrmid.kernel import addresses, nlattrs, probe, routes
 from xfrmid.kernel.objects import XFRMID_PROTO
 
 
@@ -93,17 +93,18 @@ def test_tc_plugins_load_on_first_use():
         """
         import sys
         import xfrmid.kernel
+        xfrmid.kernel.prepare()
         from pyroute2 import AsyncIPRoute
         from pyroute2.netlink.rtnl.tcmsg import plugins, tcmsg
         lazy = sorted(n for n, m in sys.modules.items() if type(m).__name__ == "_LazyModule")
-        print("lazy", len(lazy), all(n.startswith("pyroute2.netlink.rtnl.tcmsg.") for n in lazy))
+        print("lazy", bool(lazy), all(n.startswith("pyroute2.netlink.rtnl.tcmsg.") for n in lazy))
         print("common", "pyroute2.netlink.rtnl.tcmsg.common" in sys.modules)
         htb = plugins["htb"]
         print("htb", callable(htb.fix_request), type(htb).__name__)
         print("u32", plugins["u32"].options.__name__)
         """
     )
-    assert "lazy 22 True" in out
+    assert "lazy True True" in out  # some deferred, all of them tc plugins (how many is pyroute2's affair)
     assert "common False" in out
     assert "htb True module" in out
     assert "u32 options" in out
@@ -111,7 +112,7 @@ def test_tc_plugins_load_on_first_use():
 
 def test_modprobe_missing_is_reported(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert asyncio.run(features._modprobe()) == "modprobe is not installed"
+    assert asyncio.run(probe._modprobe()) == "modprobe is not installed"
 
 
 def test_main_enables_the_collector_again(monkeypatch, tmp_path):

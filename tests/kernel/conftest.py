@@ -2,7 +2,7 @@
 
 - ``netns``: a fresh, uniquely named network namespace per test, deleted after.
 - ``netns_factory``: more of them (``netns_factory()`` -> name).
-- ``kernel``: an ``xfrmid.kernel.Kernel``, closed after the test.
+- ``kernel``: the real kernel backend (``xfrmid.kernel.open_kernel()``), closed after the test.
 - ``ip(...)`` / ``sh(...)``: run iproute2 (``ip -j`` output parsed from JSON).
 - ``two_netns``: two namespaces joined by a veth pair, addressed, up; see Topology.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from xfrmid.kernel import Kernel
+from xfrmid.kernel import open_kernel
 
 _counter = itertools.count(1)
 
@@ -151,7 +151,7 @@ def netns(netns_factory) -> str:
 
 @pytest.fixture
 async def kernel():
-    k = Kernel()
+    k = open_kernel()
     try:
         yield k
     finally:

@@ -13,7 +13,7 @@ import pytest
 
 from xfrmid.core.manager import Manager
 from xfrmid.errors import Busy, Conflict, NotOwned
-from xfrmid.kernel import Kernel
+from xfrmid.kernel import open_kernel
 from xfrmid.kernel.objects import LinkSpec
 
 from .conftest import ip, ip_run, link_exists, link_json
@@ -169,7 +169,7 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
     ip_run("route", "add", "10.13.0.0/16", "dev", "ipsec13", netns=netns)
     ip_run("rule", "add", "prio", "100", "to", "10.13.0.0/16", "lookup", "50", netns=netns)
 
-    m2 = Manager(Kernel(), settings)  # a new daemon: fresh netlink sockets, same state file
+    m2 = Manager(open_kernel(), settings)  # a new daemon: fresh netlink sockets, same state file
     counts = await m2.start()
     # (a leftover of another test module in the VM's own namespace would count as removed)
     assert counts["created"] == counts["repaired"] == counts["adopted"] == 0

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from types import SimpleNamespace
 
 from xfrmid.core.manager import Manager
 from xfrmid.errors import InvalidArgument, NotFound
 from xfrmid.kernel import link_reaper
+from xfrmid.kernel.connection import NetnsConnection
+from xfrmid.kernel.netlink import RTM_GETLINK
 from xfrmid.kernel.objects import XFRMID_ALIAS, XFRMID_DELETING_GROUP, XFRMID_LINK_GROUP
 
 from .conftest import ip, ip_run, link_exists, link_json
@@ -35,15 +36,14 @@ async def test_concurrent_deletes_are_one_batch(kernel, netns, monkeypatch):
     ip_run("link", "add", "fv0", "type", "veth", "peer", "name", "fv1", netns=netns)
     ip_run("link", "add", "fx", "group", str(XFRMID_LINK_GROUP), "type", "xfrm", "if_id", "7", netns=netns)
     sent = []
-    real = link_reaper.rawnl
+    real = NetnsConnection.transact
 
-    async def counting(ipr, msg_type, body, flags=real.F_REQ):
-        sent.append(msg_type)
-        return await real.transact(ipr, msg_type, body, flags)
+    async def counting(conn, msg_type, body, *args):
+        if msg_type != RTM_GETLINK:  # the reaper's requests only, not the gets of delete_link
+            sent.append(msg_type)
+        return await real(conn, msg_type, body, *args)
 
-    # the reaper's requests only (the gets of delete_link go through rawnl too)
-    monkeypatch.setattr(link_reaper, "rawnl", SimpleNamespace(
-        ifinfo=real.ifinfo, link_attrs=real.link_attrs, transact=counting))
+    monkeypatch.setattr(NetnsConnection, "transact", counting)
     names = [f"xr{i}" for i in range(MANY)]
     results = await asyncio.wait_for(asyncio.gather(
         *(kernel.delete_link(netns, name) for name in names[:100]),

@@ -283,7 +283,7 @@ async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
     from xfrmid.kernel import links, xfrm_kind
-    from xfrmid.kernel.namespace import dump
+    from xfrmid.kernel.connection import NetnsConnection
     from xfrmid.kernel.objects import LinkState
 
     ip_run("link", "add", "eth42", "type", "veth", "peer", "name", "eth42p", netns=netns)
@@ -291,10 +291,13 @@ async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
     await kernel.create_link(netns, LinkSpec(name="ipsec43", if_id=43, up=False))
     await kernel.create_link(netns, LinkSpec(name="ipsec44", if_id=44, external=True))
     ip_run("link", "add", "ipsec45", "type", "xfrm", "if_id", "0x45", netns=netns)
-    ipr = await kernel._ns.rtnl(netns)
-    msgs = [m for m in await dump(ipr, links._query_xfrm(), RTM_GETLINK) if m["header"]["type"] == RTM_NEWLINK]
-    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in await dump(ipr, ifinfmsg(), RTM_GETLINK)
-             if m["header"]["type"] == RTM_NEWLINK}
+    conn = NetnsConnection.open(netns)
+    try:
+        msgs = [m for m in await conn.dump(links._query_xfrm(), RTM_GETLINK) if m["header"]["type"] == RTM_NEWLINK]
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in await conn.dump(ifinfmsg(), RTM_GETLINK)
+                 if m["header"]["type"] == RTM_NEWLINK}
+    finally:
+        conn.close()
 
     def decoded_state(msg) -> LinkState:  # what pyroute2's full decoding says
         info = msg.get_attr("IFLA_LINKINFO")
@@ -316,21 +319,21 @@ async def test_raw_listing_matches_pyroute2_decoding(kernel, netns):
 
 async def test_round_trips_per_operation(kernel, netns, monkeypatch):
     """A create sends create, mark and one get (no dump); change and delete one get each."""
-    from xfrmid.kernel import links, rawnl
+    from xfrmid.kernel.connection import NetnsConnection
 
     sent = []
-    real_transact = rawnl.transact
+    real_transact = NetnsConnection.transact
 
-    async def counting(ipr, msg_type, body, flags=rawnl.F_REQ):
+    async def counting(conn, msg_type, body, *args):
         sent.append(msg_type)
-        return await real_transact(ipr, msg_type, body, flags)
+        return await real_transact(conn, msg_type, body, *args)
 
     async def no_dump(*args, **kwargs):
         raise AssertionError("no dump expected")
 
     await kernel.xfrm_links(netns)  # the namespace's socket, opened before counting
-    monkeypatch.setattr(rawnl, "transact", counting)  # every link request of a call goes through it
-    monkeypatch.setattr(links, "raw_dump", no_dump)
+    monkeypatch.setattr(NetnsConnection, "transact", counting)  # every link request of a call goes through it
+    monkeypatch.setattr(NetnsConnection, "raw_dump", no_dump)
     state = await kernel.create_link(netns, LinkSpec(name="ipsec46", if_id=46, mtu=1400))
     assert len(sent) == 3 and state.owned and state.up and state.mtu == 1400
     sent.clear()

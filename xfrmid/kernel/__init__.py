@@ -1,138 +1,64 @@
 """The kernel layer: XFRM links, addresses, routes and rules over rtnetlink.
 
-``Kernel`` implements ``xfrmid.kernel.backend.KernelBackend`` on pyroute2's
-asyncio API; every method takes the target namespace (a name under
-/run/netns, or None for the daemon's own) and raises only xfrmid.errors.
-Nothing here knows about D-Bus.
+Importing this package, or any of its pure modules, loads nothing of
+pyroute2 and changes nothing in the interpreter. The pure modules, which the
+core imports:
+
+- objects.py: the specs and states of links, addresses, routes and rules;
+- backend.py: ``KernelBackend``, what the core asks of the kernel;
+- features.py: ``Features``, what the running kernel supports;
+- events.py: rtnetlink notifications as typed events (parser, socket filter);
+- netlink.py: the rtnetlink wire layout, encoded and walked as bytes;
+- nlattrs.py: attributes of raw messages, decoded only where asked;
+- namespace.py: namespaces by name, netlink sockets opened inside them.
+
+The modules that talk to the kernel through pyroute2: rtnetlink.py
+(``Kernel``, the real KernelBackend), connection.py (one connection per
+namespace and everything kept per namespace), links.py, link_msgs.py,
+link_reaper.py, batch.py, xfrm_kind.py, addresses.py, routes.py, rules.py,
+nlerrors.py, probe.py (the feature probe) and monitor.py (the event
+subscription).
+
+``open_kernel()`` and ``probe_features()`` are the ways in: they first ready
+pyroute2 (``prepare``: its import without the eager package ``__init__``,
+see xfrmid/pyroute2_import.py), then load those modules.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from .. import pyroute2_import
+if TYPE_CHECKING:
+    from .features import Features
+    from .rtnetlink import Kernel
 
-pyroute2_import.install()  # before any pyroute2 import below: skips its eager package __init__
-
-from ..errors import KernelUnsupported, XfrmidError  # noqa: E402
-from . import addresses as _addresses  # noqa: E402
-from . import links as _links  # noqa: E402
-from . import routes as _routes  # noqa: E402
-from . import rules as _rules  # noqa: E402
-from .features import Features, probe_features, probe_features_sync  # noqa: E402
-from .namespace import Namespaces  # noqa: E402
-from .objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec  # noqa: E402
-
-__all__ = ["Kernel", "Features", "probe_features", "probe_features_sync"]
+__all__ = ["open_kernel", "prepare", "probe_features", "probe_features_sync"]
 
 
-class Kernel:
-    """The real KernelBackend."""
+def prepare() -> None:
+    """Ready pyroute2 for the kernel layer (idempotent; before its first import is cheapest)."""
+    from .. import pyroute2_import
 
-    def __init__(self) -> None:
-        self._ns = Namespaces()
-        self._features: Features | None = None
-        self._probe_lock = asyncio.Lock()
+    pyroute2_import.install()
 
-    async def features(self) -> Features:
-        """Probe once, then answer from the cache."""
-        if self._features is None:
-            async with self._probe_lock:
-                if self._features is None:
-                    self._features = await probe_features()
-        return self._features
 
-    async def _unsupported(self, exc: KernelUnsupported) -> KernelUnsupported:
-        features = await self.features()
-        return KernelUnsupported(features.explanation()) if not features.xfrm_interface else exc
+def open_kernel() -> Kernel:
+    """The real kernel backend; its namespaces' connections open on first use."""
+    prepare()
+    from .rtnetlink import Kernel
 
-    # links of kind xfrm
-    async def xfrm_links(self, netns: str | None) -> list[LinkState]:
-        return await _links.xfrm_links(await self._ns.rtnl(netns), netns)
+    return Kernel()
 
-    async def link(self, netns: str | None, name: str) -> LinkState:
-        """One xfrm link (NotFound if missing, InvalidArgument if not xfrm)."""
-        return await _links.link_state(await self._ns.rtnl(netns), netns, name)
 
-    async def create_link(self, netns: str | None, spec: LinkSpec) -> LinkState:
-        ipr = await self._ns.rtnl(netns)
-        features = await self.features() if spec.external else None
-        try:
-            return await _links.create_link(ipr, netns, spec, features)
-        except KernelUnsupported as exc:
-            raise await self._unsupported(exc) from None
+async def probe_features() -> Features:
+    """Probe what the running kernel supports (xfrmid --check-kernel; Kernel.features caches it)."""
+    prepare()
+    from .probe import probe_features as probe
 
-    async def create_links(self, netns: str | None, specs: list[LinkSpec]) -> list[LinkState | XfrmidError | None]:
-        """``create_link(read=False)`` of many links in two batches of requests; outcomes in order."""
-        ipr = await self._ns.rtnl(netns)
-        bsock = await self._ns.batch_socket(netns)
-        features = await self.features() if any(spec.external for spec in specs) else None
-        outcomes = await _links.create_links(ipr, bsock, netns, specs, features)
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, KernelUnsupported):
-                outcomes[i] = await self._unsupported(outcome)
-        return outcomes
+    return await probe()
 
-    async def change_link(
-        self, netns: str | None, name: str, *, mtu: int | None = None, up: bool | None = None, mark: bool = False
-    ) -> LinkState:
-        return await _links.change_link(await self._ns.rtnl(netns), netns, name, mtu=mtu, up=up, mark=mark)
 
-    async def delete_link(self, netns: str | None, name: str, ifindex: int | None = None) -> None:
-        """Delete one xfrm link; ``ifindex`` (from a state just read) saves the kind check's get.
-
-        Concurrent deletions in one namespace cost the kernel one unregister batch.
-        """
-        await _links.delete_link(await self._ns.rtnl(netns), netns, name, ifindex)
-
-    # addresses
-    async def addresses(self, netns: str | None, ifname: str, ifindex: int | None = None) -> set[str]:
-        """Addresses of one interface; pass ``ifindex`` when known (saves a lookup)."""
-        return await _addresses.addresses(await self._ns.rtnl(netns), netns, ifname, ifindex)
-
-    async def addresses_by_index(self, netns: str | None) -> dict[int, set[str]]:
-        """Every address of the namespace by ifindex, in one dump."""
-        return await _addresses.addresses_by_index(await self._ns.rtnl(netns), netns)
-
-    async def add_address(self, netns: str | None, spec: AddressSpec) -> None:
-        await _addresses.add_address(await self._ns.rtnl(netns), netns, spec)
-
-    async def remove_address(self, netns: str | None, spec: AddressSpec) -> None:
-        await _addresses.remove_address(await self._ns.rtnl(netns), netns, spec)
-
-    # routes and rules carrying xfrmid's protocol
-    async def own_routes(
-        self, netns: str | None, dev: str | None = None, ifindex: int | None = None,
-        names: dict[int, str] | None = None,
-    ) -> set[RouteSpec]:
-        """xfrmid's routes; only those through ``dev`` if given (``ifindex`` saves a lookup;
-        ``names``, devices by ifindex just read, save looking their names up)."""
-        return await _routes.own_routes(await self._ns.rtnl(netns), netns, dev, ifindex, names)
-
-    async def add_route(self, netns: str | None, spec: RouteSpec) -> None:
-        await _routes.add_route(await self._ns.rtnl(netns), netns, spec)
-
-    async def remove_route(self, netns: str | None, spec: RouteSpec) -> None:
-        await _routes.remove_route(await self._ns.rtnl(netns), netns, spec)
-
-    async def own_rules(self, netns: str | None) -> set[RuleSpec]:
-        return await _rules.own_rules(await self._ns.rtnl(netns), netns)
-
-    async def add_rule(self, netns: str | None, spec: RuleSpec) -> None:
-        await _rules.add_rule(await self._ns.rtnl(netns), netns, spec)
-
-    async def remove_rule(self, netns: str | None, spec: RuleSpec) -> None:
-        await _rules.remove_rule(await self._ns.rtnl(netns), netns, spec)
-
-    def forget_netns(self, netns: str | None) -> None:
-        """Drop the cached socket of a namespace (call after deleting the namespace)."""
-        self._ns.forget(netns)
-
-    async def close(self) -> None:
-        await self._ns.close()
-
-    async def __aenter__(self) -> "Kernel":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+def probe_features_sync() -> Features:
+    """probe_features() for synchronous callers outside a running event loop."""
+    return asyncio.run(probe_features())

@@ -17,9 +17,9 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from ..validate import parse_interface_cidr
 from . import nlattrs
-from .events import _IFADDR, IFA_ADDRESS, IFA_LOCAL
+from .netlink import F_CREATE, F_REQ, IFA_ADDRESS, IFA_LOCAL, IFADDR
 from .links import index_of
-from .namespace import F_CREATE, F_REQ, raw_dump, request, where
+from .namespace import where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_PROTO, AddressSpec
 
@@ -45,7 +45,7 @@ _ADDR_ATTRS = {IFA_LOCAL: nlattrs.span, IFA_ADDRESS: nlattrs.span, IFA_PROTO: nl
 
 def _parse(data: bytes, pos: int, end: int) -> tuple[int, str] | None:
     """(ifindex, "addr/prefix") of one raw RTM_NEWADDR; None for the kernel's own addresses."""
-    family, plen, _flags, _scope, index = _IFADDR.unpack_from(data, pos)
+    family, plen, _flags, _scope, index = IFADDR.unpack_from(data, pos)
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
     attrs = nlattrs.pick(data, pos + 8, end, _ADDR_ATTRS)
@@ -64,9 +64,9 @@ def _parse(data: bytes, pos: int, end: int) -> tuple[int, str] | None:
     return index, f"{ipaddress.ip_address(raw)}/{plen}"
 
 
-async def _dump(ipr, query: ifaddrmsg, doing: str) -> list[tuple[int, str]]:
+async def _dump(conn, query: ifaddrmsg, doing: str) -> list[tuple[int, str]]:
     try:
-        raw = await raw_dump(ipr, query, RTM_GETADDR)
+        raw = await conn.raw_dump(query, RTM_GETADDR)
     except NetlinkError as exc:
         raise translate(exc, doing) from None
     return [
@@ -74,40 +74,40 @@ async def _dump(ipr, query: ifaddrmsg, doing: str) -> list[tuple[int, str]]:
     ]
 
 
-async def addresses(ipr, netns: str | None, ifname: str, ifindex: int | None = None) -> set[str]:
+async def addresses(conn, netns: str | None, ifname: str, ifindex: int | None = None) -> set[str]:
     """The addresses of one interface; ``ifindex`` (if the caller knows it) saves a lookup."""
-    index = ifindex if ifindex is not None else await index_of(ipr, netns, ifname, what="Interface")
+    index = ifindex if ifindex is not None else await index_of(conn, netns, ifname, what="Interface")
     query = ifaddrmsg()
     query["index"] = index  # strict dump: the kernel filters by ifa_index
     doing = f"Listing addresses of {ifname!r}{where(netns)}"
-    return {cidr for i, cidr in await _dump(ipr, query, doing) if i == index}
+    return {cidr for i, cidr in await _dump(conn, query, doing) if i == index}
 
 
-async def addresses_by_index(ipr, netns: str | None) -> dict[int, set[str]]:
+async def addresses_by_index(conn, netns: str | None) -> dict[int, set[str]]:
     """Every address of the namespace in one dump, by ifindex (interfaces without any are absent)."""
     found: dict[int, set[str]] = {}
-    for index, cidr in await _dump(ipr, ifaddrmsg(), f"Listing addresses{where(netns)}"):
+    for index, cidr in await _dump(conn, ifaddrmsg(), f"Listing addresses{where(netns)}"):
         found.setdefault(index, set()).add(cidr)
     return found
 
 
-async def _apply(ipr, netns, spec: AddressSpec, msg_type: int, flags: int, fine: tuple[int, ...],
+async def _apply(conn, netns, spec: AddressSpec, msg_type: int, flags: int, fine: tuple[int, ...],
                  doing: str) -> None:
     cidr = parse_interface_cidr(spec.cidr)
-    index = await index_of(ipr, netns, spec.ifname, what="Interface")
+    index = await index_of(conn, netns, spec.ifname, what="Interface")
     try:
-        await request(ipr, _message(index, cidr), msg_type, flags)
+        await conn.request(_message(index, cidr), msg_type, flags)
     except NetlinkError as exc:
         if code_of(exc) in fine:  # already as asked
             return
         raise translate(exc, doing.format(cidr=cidr, ifname=spec.ifname, where=where(netns))) from None
 
 
-async def add_address(ipr, netns: str | None, spec: AddressSpec) -> None:
+async def add_address(conn, netns: str | None, spec: AddressSpec) -> None:
     """Add the address; fine if it is already there (EEXIST)."""
-    await _apply(ipr, netns, spec, RTM_NEWADDR, F_CREATE, (17,), "Adding address {cidr} to {ifname!r}{where}")
+    await _apply(conn, netns, spec, RTM_NEWADDR, F_CREATE, (17,), "Adding address {cidr} to {ifname!r}{where}")
 
 
-async def remove_address(ipr, netns: str | None, spec: AddressSpec) -> None:
+async def remove_address(conn, netns: str | None, spec: AddressSpec) -> None:
     """Remove the address; fine if it is not there (EADDRNOTAVAIL/ENOENT/ENODEV)."""
-    await _apply(ipr, netns, spec, RTM_DELADDR, F_REQ, (99, 2, 19), "Removing address {cidr} from {ifname!r}{where}")
+    await _apply(conn, netns, spec, RTM_DELADDR, F_REQ, (99, 2, 19), "Removing address {cidr} from {ifname!r}{where}")

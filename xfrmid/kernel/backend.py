@@ -1,7 +1,7 @@
 """What the core asks of the kernel: the one seam between policy and side effects.
 
-The real implementation is ``xfrmid.kernel.Kernel`` (rtnetlink through pyroute2's
-asyncio API). Unit tests of pure logic may use a fake with the same methods;
+The real implementation is ``xfrmid.kernel.rtnetlink.Kernel``, built by
+``xfrmid.kernel.open_kernel()`` (rtnetlink through pyroute2's asyncio API). Unit tests of pure logic may use a fake with the same methods;
 kernel-facing features are always tested against the real one in the VM.
 
 ``netns`` is a name under /run/netns, or None for the daemon's own namespace.

@@ -11,24 +11,21 @@ answers. A thread makes the sends, so the kernel's work runs beside the loop
 (the interpreter's lock is released for the whole send), and the thread
 takes the lock only a few times per datagram, not twice per request.
 
-Each namespace gets its own blocking socket for this, used only by the
-thread: its answers never mix with the asyncio socket's.
+Each namespace's connection (connection.py) opens its own blocking socket
+for this, used only by the thread: its answers never mix with the asyncio
+socket's.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 from collections.abc import Sequence
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-
 from ..errors import Failed
 from ..job_thread import JobThread
-from .namespace import _HDR, NLMSG_ERROR
+from .netlink import ERRNO, HDR, HDR_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_NOOP
 
-NLMSG_NOOP = 1
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # error answers without a copy of the request
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -36,7 +33,6 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 BUFFER = 4 * 1024 * 1024
 PER_SEND = 256  # requests per datagram: at most this many error answers queue at once
 ANSWER_TIMEOUT = 60.0  # the kernel answers within its send; this only bounds a lost answer
-_ERROR = struct.Struct("=i")
 
 THREAD = JobThread("xfrmid-netlink-batch")
 
@@ -78,29 +74,29 @@ class BatchSocket:
             self._seq = 0
         base = self._seq + 1
         self._seq += stop - first + 1
-        pack = _HDR.pack
+        pack = HDR.pack
         parts = []
         for i in range(first, stop):
             mtype, flags, body = requests[i]
-            parts.append(pack(16 + len(body), mtype, (flags | NLM_F_REQUEST) & ~NLM_F_ACK, base + i - first, 0))
+            parts.append(pack(HDR_LEN + len(body), mtype, (flags | NLM_F_REQUEST) & ~NLM_F_ACK, base + i - first, 0))
             parts.append(body)
             parts.append(b"\0" * (-len(body) % 4))
         end = base + stop - first
-        parts.append(pack(16, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, end, 0))
+        parts.append(pack(HDR_LEN, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, end, 0))
         try:
             self.sock.send(b"".join(parts))
             while True:
                 data = self.sock.recv(65536)
                 pos = 0
-                while pos + 16 <= len(data):
-                    length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, pos)
-                    if length < 16:
+                while pos + HDR_LEN <= len(data):
+                    length, mtype, _flags, seq, _pid = HDR.unpack_from(data, pos)
+                    if length < HDR_LEN:
                         break
-                    if mtype == NLMSG_ERROR and length >= 20:
+                    if mtype == NLMSG_ERROR and length >= HDR_LEN + ERRNO.size:
                         if seq == end:
                             return
                         if base <= seq < end:
-                            codes[first + seq - base] = abs(_ERROR.unpack_from(data, pos + 16)[0])
+                            codes[first + seq - base] = abs(ERRNO.unpack_from(data, pos + HDR_LEN)[0])
                     pos += (length + 3) & ~3
         except OSError as exc:  # timeout, or the socket failed: nothing can be told per request
             raise Failed(f"Sending a batch of {stop - first} rtnetlink requests to the kernel failed: "

@@ -30,34 +30,48 @@ from dataclasses import dataclass, field
 
 from .objects import MAIN_TABLE, XFRMID_LINK_GROUPS, XFRMID_PROTO
 
-# message types (linux/rtnetlink.h, linux/netlink.h)
-NLMSG_ERROR = 2
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWRULE, RTM_DELRULE = 32, 33
-
-# attribute types
-IFLA_IFNAME, IFLA_MTU, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_GROUP = 3, 4, 16, 18, 27
-IFINFO_END = 32  # nlmsghdr + ifinfomsg: where a link message's attributes start
-RTMSG_END = 28  # nlmsghdr + rtmsg (fib_rule_hdr alike)
-IFLA_INFO_KIND = 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_TABLE = 1, 4, 6, 15
-FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE, FRA_PROTOCOL = 1, 2, 6, 15, 21
-
-IFF_UP = 0x1
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
-
-OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
-
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
-_NLA = struct.Struct("=HH")  # nlattr: len, type
-_U32 = struct.Struct("=I")
-_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_IFADDR = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-_FIBRULE = _RTMSG  # fib_rule_hdr has the same layout: family, dst_len, src_len, tos, table, res1, res2, action, flags
+from .netlink import (
+    FIBRULE,
+    FRA_DST,
+    FRA_PRIORITY,
+    FRA_PROTOCOL,
+    FRA_SRC,
+    FRA_TABLE,
+    HDR,
+    HDR_LEN,
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    IFADDR,
+    IFF_UP,
+    IFINFO,
+    IFINFO_END,
+    IFLA_GROUP,
+    IFLA_IFNAME,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    IFLA_OPERSTATE,
+    NLMSG_ERROR,
+    OPERSTATES,
+    RTA_DST,
+    RTA_OIF,
+    RTA_PRIORITY,
+    RTA_TABLE,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_DELRULE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    RTMSG,
+    RTMSG_END,
+    U32,
+    cstr,
+    error_code,
+    walk,
+)
 
 # IFLA_INFO_KIND "xfrm" as it appears nested in IFLA_LINKINFO: a C-speed
 # bytes.find for it tells most foreign links apart without walking attributes.
@@ -143,21 +157,6 @@ class Interest:
     indexes: set[int] = field(default_factory=set)
 
 
-def _walk(data: bytes, pos: int, end: int):
-    """(type, payload start, payload end) of each attribute in data[pos:end]."""
-    unpack = _NLA.unpack_from
-    while pos + 4 <= end:
-        alen, atype = unpack(data, pos)
-        if alen < 4:
-            return
-        yield atype & NLA_TYPE_MASK, pos + 4, pos + alen
-        pos += (alen + 3) & ~3
-
-
-def _cstr(data: bytes, start: int, stop: int) -> str:
-    return data[start:stop].split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
 def _ip(family: int, data: bytes, start: int, stop: int) -> str:
     return socket.inet_ntop(family, data[start:stop])
 
@@ -182,22 +181,22 @@ class Parser:
         """Events for the messages in one datagram; NLMSG_ERROR raises OSError(errno)."""
         out: list[Event] = []
         pos, size = 0, len(data)
-        while pos + 16 <= size:
-            length, mtype, _flags, _seq, pid = _HDR.unpack_from(data, pos)
-            if length < 16 or pos + length > size:
+        while pos + HDR_LEN <= size:
+            length, mtype, _flags, _seq, pid = HDR.unpack_from(data, pos)
+            if length < HDR_LEN or pos + length > size:
                 break
             end = pos + length
             self.messages += 1
             if mtype == RTM_NEWLINK or mtype == RTM_DELLINK:
-                ev = self._link(data, pos + 16, end, mtype == RTM_DELLINK)
+                ev = self._link(data, pos + HDR_LEN, end, mtype == RTM_DELLINK)
             elif mtype == RTM_NEWADDR or mtype == RTM_DELADDR:
-                ev = self._addr(data, pos + 16, end, mtype == RTM_DELADDR, pid)
+                ev = self._addr(data, pos + HDR_LEN, end, mtype == RTM_DELADDR, pid)
             elif mtype == RTM_NEWROUTE or mtype == RTM_DELROUTE:
-                ev = self._route(data, pos + 16, end, mtype == RTM_DELROUTE, pid)
+                ev = self._route(data, pos + HDR_LEN, end, mtype == RTM_DELROUTE, pid)
             elif mtype == RTM_NEWRULE or mtype == RTM_DELRULE:
-                ev = self._rule(data, pos + 16, end, mtype == RTM_DELRULE, pid)
-            elif mtype == NLMSG_ERROR and length >= 20:
-                code = abs(struct.unpack_from("=i", data, pos + 16)[0])
+                ev = self._rule(data, pos + HDR_LEN, end, mtype == RTM_DELRULE, pid)
+            elif mtype == NLMSG_ERROR:
+                code = error_code(data, pos + HDR_LEN, end)
                 if code:
                     raise OSError(code, "netlink error on the monitor socket")
                 ev = None
@@ -210,29 +209,29 @@ class Parser:
         return out
 
     def _link(self, data: bytes, pos: int, end: int, deleted: bool) -> LinkEvent | None:
-        _family, _type, index, flags, _change = _IFINFO.unpack_from(data, pos)
+        _family, _type, index, flags, _change = IFINFO.unpack_from(data, pos)
         interest = self.interest
         by_index = index in interest.indexes
-        xfrm = data.find(_XFRM_KIND_NLA, pos + 16, end) >= 0
+        xfrm = data.find(_XFRM_KIND_NLA, pos + IFINFO.size, end) >= 0
         if not (by_index or xfrm or interest.names):
             return None
         name, kind, mtu, oper, group = "", None, 0, 0, 0
-        for atype, start, stop in _walk(data, pos + 16, end):
+        for atype, start, stop in walk(data, pos + IFINFO.size, end):
             if atype == IFLA_IFNAME:
-                name = _cstr(data, start, stop)
+                name = cstr(data, start, stop)
                 # the common case of a storm: a foreign link, named first
                 if not (by_index or xfrm or name in interest.names):
                     return None
             elif atype == IFLA_MTU:
-                mtu = _U32.unpack_from(data, start)[0]
+                mtu = U32.unpack_from(data, start)[0]
             elif atype == IFLA_OPERSTATE:
                 oper = data[start]
             elif atype == IFLA_GROUP:
-                group = _U32.unpack_from(data, start)[0]
+                group = U32.unpack_from(data, start)[0]
             elif atype == IFLA_LINKINFO:
-                for itype, istart, istop in _walk(data, start, stop):
+                for itype, istart, istop in walk(data, start, stop):
                     if itype == IFLA_INFO_KIND:
-                        kind = _cstr(data, istart, istop)
+                        kind = cstr(data, istart, istop)
         managed = by_index or name in interest.names
         if not managed and kind != "xfrm":
             return None  # the needle matched inside some other attribute
@@ -248,11 +247,11 @@ class Parser:
         )
 
     def _addr(self, data: bytes, pos: int, end: int, deleted: bool, pid: int) -> AddressEvent | None:
-        family, plen, _flags, _scope, index = _IFADDR.unpack_from(data, pos)
+        family, plen, _flags, _scope, index = IFADDR.unpack_from(data, pos)
         if index not in self.interest.indexes:
             return None
         local = address = None
-        for atype, start, stop in _walk(data, pos + 8, end):
+        for atype, start, stop in walk(data, pos + IFADDR.size, end):
             if atype == IFA_LOCAL:
                 local = _ip(family, data, start, stop)
             elif atype == IFA_ADDRESS:
@@ -265,17 +264,17 @@ class Parser:
         return AddressEvent(self.netns, deleted, index, f"{addr}/{plen}", pid)
 
     def _route(self, data: bytes, pos: int, end: int, deleted: bool, pid: int) -> RouteEvent | None:
-        family, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = _RTMSG.unpack_from(data, pos)
+        family, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = RTMSG.unpack_from(data, pos)
         if proto != XFRMID_PROTO and not self.interest.indexes:
             return None
         oif, metric, dst = 0, None, (None, 0, 0)
-        for atype, start, stop in _walk(data, pos + 12, end):
+        for atype, start, stop in walk(data, pos + RTMSG.size, end):
             if atype == RTA_OIF:
-                oif = _U32.unpack_from(data, start)[0]
+                oif = U32.unpack_from(data, start)[0]
             elif atype == RTA_TABLE:
-                table = _U32.unpack_from(data, start)[0]
+                table = U32.unpack_from(data, start)[0]
             elif atype == RTA_PRIORITY:
-                metric = _U32.unpack_from(data, start)[0]
+                metric = U32.unpack_from(data, start)[0]
             elif atype == RTA_DST:
                 dst = (data, start, stop)
         if proto != XFRMID_PROTO and oif not in self.interest.indexes:
@@ -284,15 +283,15 @@ class Parser:
         return RouteEvent(self.netns, deleted, family, net, table or MAIN_TABLE, proto, oif, metric, pid)
 
     def _rule(self, data: bytes, pos: int, end: int, deleted: bool, pid: int) -> RuleEvent | None:
-        family, dst_len, src_len, _tos, table, _r1, _r2, _action, _flags = _FIBRULE.unpack_from(data, pos)
+        family, dst_len, src_len, _tos, table, _r1, _r2, _action, _flags = FIBRULE.unpack_from(data, pos)
         proto, priority, dst, src = 0, 0, None, None
-        for atype, start, stop in _walk(data, pos + 12, end):
+        for atype, start, stop in walk(data, pos + RTMSG.size, end):
             if atype == FRA_PROTOCOL:
                 proto = data[start]
             elif atype == FRA_TABLE:
-                table = _U32.unpack_from(data, start)[0]
+                table = U32.unpack_from(data, start)[0]
             elif atype == FRA_PRIORITY:
-                priority = _U32.unpack_from(data, start)[0]
+                priority = U32.unpack_from(data, start)[0]
             elif atype == FRA_DST:
                 dst = (start, stop)
             elif atype == FRA_SRC:
@@ -356,7 +355,7 @@ def kernel_filter() -> bytes:
         (None, _BPF_JMP | _BPF_JEQ, xfrm, None, "drop"),
         (None, _BPF_LD | _BPF_B | _BPF_IND, 8, None, None),  # and its NUL: not "xfrmx"
         (None, _BPF_JMP | _BPF_JEQ, 0, "accept", "drop"),
-        ("route", _BPF_LD | _BPF_B | _BPF_ABS, 16 + 5, None, None),  # rtm_protocol
+        ("route", _BPF_LD | _BPF_B | _BPF_ABS, HDR_LEN + 5, None, None),  # rtm_protocol
         (None, _BPF_JMP | _BPF_JEQ, XFRMID_PROTO, "accept", "drop"),
         ("rule", _BPF_LD | _BPF_W | _BPF_IMM, RTMSG_END, None, None),
         (None, _BPF_LDX | _BPF_W | _BPF_IMM, FRA_PROTOCOL, None, None),

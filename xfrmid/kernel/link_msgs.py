@@ -1,54 +1,57 @@
 """One device's RTM_NEWLINK, asked for by name or index and read from its bytes.
 
 Calls ask for single devices all the time (does the name exist, which ifindex,
-what kind, the state of one xfrm link), so the get goes out as bytes (rawnl)
-and the reply is parsed only for what the caller reads: the same parser reads
-the links of a dump (``xfrm_state``).
+what kind, the state of one xfrm link), so the get goes out as bytes
+(``NetnsConnection.transact``) and the reply is parsed only for what the
+caller reads: the same parser reads the links of a dump (``xfrm_state``).
 """
 
 from __future__ import annotations
 
-import asyncio
+from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import nlattrs, rawnl, xfrm_kind
-from .events import _IFINFO, IFLA_GROUP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, IFLA_OPERSTATE
-from .events import OPERSTATES, _walk
-from .namespace import RawMessage
+from . import nlattrs, xfrm_kind
+from .netlink import (
+    IFF_UP,
+    IFINFO,
+    IFLA_GROUP,
+    IFLA_IFALIAS,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    IFLA_OPERSTATE,
+    OPERSTATES,
+    RTM_GETLINK,
+    RTM_NEWLINK,
+    RawMessage,
+    ifinfo,
+    link_attrs,
+    walk,
+)
 from .nlerrors import code_of
 from .objects import XFRMID_ALIAS, XFRMID_LINK_GROUP, XFRMID_LINK_GROUPS, LinkState
 
+if TYPE_CHECKING:
+    from .connection import NetnsConnection
+
 KIND = xfrm_kind.XFRM
-RTM_NEWLINK, RTM_GETLINK = 16, 18
-IFLA_IFALIAS = 20
-IFLA_INFO_DATA = 2
-IFF_UP = 0x1
 _OPERSTATES = tuple(state.upper() for state in OPERSTATES)  # as pyroute2 names them
-GETS_IN_FLIGHT = 64
 
 
-def _gets_in_flight(ipr) -> asyncio.Semaphore:
-    """Bounds the gets awaiting answers on one socket: a reply the kernel cannot queue
-    (the receive buffer full of a thousand concurrent callers' answers) is lost, and
-    its caller would wait forever."""
-    sem = getattr(ipr, "_xfrmid_gets", None)
-    if sem is None:
-        sem = asyncio.Semaphore(GETS_IN_FLIGHT)
-        ipr._xfrmid_gets = sem
-    return sem
-
-
-async def get_link(ipr, name: str | None = None, index: int | None = None) -> RawMessage | None:
+async def get_link(conn: NetnsConnection, name: str | None = None, index: int | None = None) -> RawMessage | None:
     """The RTM_NEWLINK of one device (by name, else by index), None if there is none."""
     # no statistics: smaller replies, so many gets in flight fit the socket's buffer
     if index is not None and name is None:
-        body = rawnl.ifinfo(index=index) + rawnl.link_attrs(skip_stats=True)
+        body = ifinfo(index=index) + link_attrs(skip_stats=True)
     else:
-        body = rawnl.ifinfo() + rawnl.link_attrs(name=name, skip_stats=True)
+        body = ifinfo() + link_attrs(name=name, skip_stats=True)
     try:
-        async with _gets_in_flight(ipr):
-            replies = await rawnl.transact(ipr, RTM_GETLINK, body)
+        async with conn.gets_in_flight:
+            replies = await conn.transact(RTM_GETLINK, body)
     except NetlinkError as exc:
         if code_of(exc) in (19, 2):  # ENODEV, ENOENT
             return None
@@ -60,12 +63,12 @@ async def get_link(ipr, name: str | None = None, index: int | None = None) -> Ra
 
 
 def index(raw: RawMessage) -> int:
-    return _IFINFO.unpack_from(raw[1], raw[2])[2]
+    return IFINFO.unpack_from(raw[1], raw[2])[2]
 
 
 def name(raw: RawMessage) -> str | None:
     _mtype, data, pos, end = raw
-    for atype, start, stop in _walk(data, pos + 16, end):
+    for atype, start, stop in walk(data, pos + IFINFO.size, end):
         if atype == IFLA_IFNAME:  # the kernel puts it first
             return nlattrs.text(data, start, stop)
     return None
@@ -78,7 +81,7 @@ _KIND_INFO = {IFLA_INFO_KIND: nlattrs.text}
 def kind_and_group(raw: RawMessage) -> tuple[str | None, int]:
     """The device's link kind (None: none) and group."""
     _mtype, data, pos, end = raw
-    attrs = nlattrs.pick(data, pos + 16, end, _KIND_ATTRS)
+    attrs = nlattrs.pick(data, pos + IFINFO.size, end, _KIND_ATTRS)
     kind = None
     if IFLA_LINKINFO in attrs:
         kind = nlattrs.pick(data, *attrs[IFLA_LINKINFO], _KIND_INFO).get(IFLA_INFO_KIND)
@@ -103,8 +106,8 @@ _XFRM_ATTRS = {
 
 def xfrm_state(data: bytes, pos: int, end: int) -> tuple[LinkState, int] | None:
     """(LinkState with link=None, underlying ifindex) of one raw RTM_NEWLINK; None if not xfrm."""
-    _family, _type, ifindex, flags, _change = _IFINFO.unpack_from(data, pos)
-    attrs = nlattrs.pick(data, pos + 16, end, _LINK_ATTRS)
+    _family, _type, ifindex, flags, _change = IFINFO.unpack_from(data, pos)
+    attrs = nlattrs.pick(data, pos + IFINFO.size, end, _LINK_ATTRS)
     if IFLA_LINKINFO not in attrs:
         return None
     info = nlattrs.pick(data, *attrs[IFLA_LINKINFO], _INFO_ATTRS)
@@ -127,11 +130,11 @@ def xfrm_state(data: bytes, pos: int, end: int) -> tuple[LinkState, int] | None:
     return state, xfrm.get(xfrm_kind.IFLA_XFRM_LINK, 0)
 
 
-async def names_by_get(ipr, indices: set[int]) -> dict[int, str]:
+async def names_by_get(conn: NetnsConnection, indices: set[int]) -> dict[int, str]:
     """Names of a few devices by ifindex, a get each."""
     names: dict[int, str] = {}
     for ifindex in indices:
-        raw = await get_link(ipr, index=ifindex)
+        raw = await get_link(conn, index=ifindex)
         if raw is not None and (found := name(raw)) is not None:
             names[ifindex] = found
     return names

@@ -24,8 +24,8 @@ Why a group deletion cannot hit a link it should not:
   kinds: Linux 6.1 compares the kind with the device only when
   IFLA_INFO_DATA is given too, and xfrm's changelink then insists on a full
   if_id, and waits for a grace period. A veth moved that way is accepted.)
-- One reaper per namespace socket runs one batch at a time, so no move of
-  the next batch can join a group deletion in flight.
+- One reaper per namespace connection (connection.py) runs one batch at a
+  time, so no move of the next batch can join a group deletion in flight.
 - A link the batch could not delete goes back to the group it came from, so
   none lingers in the deleting group to be taken by the next batch.
 - A crash between a move and the deletion leaves links in the deleting group
@@ -40,14 +40,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
+from typing import TYPE_CHECKING
 
 from ..errors import NotFound, XfrmidError
-from . import rawnl
 from .namespace import where
+from .netlink import RTM_DELLINK, RTM_NEWLINK, ifinfo, link_attrs
 from .nlerrors import code_of, translate
 from .objects import XFRMID_DELETING_GROUP
+
+if TYPE_CHECKING:
+    from .connection import NetnsConnection
 
 log = logging.getLogger("xfrmid.kernel")
 
@@ -74,11 +76,11 @@ class ReaperStats:
 
 
 class LinkReaper:
-    """Deletes the xfrm links of one namespace (one rtnetlink socket), in batches."""
+    """Deletes the xfrm links of one namespace (one rtnetlink connection), in batches."""
 
-    def __init__(self, ipr, netns: str | None) -> None:
-        self._ipr = ipr
-        self._netns = netns
+    def __init__(self, conn: NetnsConnection) -> None:
+        self._conn = conn
+        self._netns = conn.netns
         self._pending: list[_Doomed] = []
         self._worker: asyncio.Task | None = None
         self.stats = ReaperStats()
@@ -120,11 +122,11 @@ class LinkReaper:
             moved += [d for d, ok in zip(chunk, await asyncio.gather(*(self._move(d) for d in chunk))) if ok]
         if not moved:
             return
-        msg = rawnl.ifinfo() + rawnl.link_attrs(group=XFRMID_DELETING_GROUP)
+        msg = ifinfo() + link_attrs(group=XFRMID_DELETING_GROUP)
         self.stats.deletions += 1
         self.stats.group_deletions += 1
         try:
-            await rawnl.transact(self._ipr, RTM_DELLINK, msg)
+            await self._conn.transact(RTM_DELLINK, msg)
         except Exception as exc:  # noqa: BLE001 - each caller gets its own result below
             if code_of(exc) == ENODEV:  # none left in the group: others deleted them meanwhile
                 for doomed in moved:
@@ -142,10 +144,10 @@ class LinkReaper:
 
     async def _move(self, doomed: _Doomed) -> bool:
         """Move one link into the deleting group; False (the caller told why) if that failed."""
-        msg = rawnl.ifinfo(index=doomed.ifindex) + rawnl.link_attrs(group=XFRMID_DELETING_GROUP)
+        msg = ifinfo(index=doomed.ifindex) + link_attrs(group=XFRMID_DELETING_GROUP)
         self.stats.moves += 1
         try:
-            await rawnl.transact(self._ipr, RTM_NEWLINK, msg)
+            await self._conn.transact(RTM_NEWLINK, msg)
         except Exception as exc:  # noqa: BLE001 - this caller's result; the batch goes on
             _fail(doomed, self._error(doomed, exc))
             return False
@@ -154,7 +156,7 @@ class LinkReaper:
     async def _delete_one(self, doomed: _Doomed, restore: bool = False) -> None:
         self.stats.deletions += 1
         try:
-            await rawnl.transact(self._ipr, RTM_DELLINK, rawnl.ifinfo(index=doomed.ifindex))
+            await self._conn.transact(RTM_DELLINK, ifinfo(index=doomed.ifindex))
         except Exception as exc:  # noqa: BLE001 - this caller's result
             error = self._error(doomed, exc)
             if restore and not isinstance(error, NotFound):
@@ -165,9 +167,9 @@ class LinkReaper:
 
     async def _restore(self, doomed: _Doomed) -> None:
         """Put a link the batch could not delete back in its group (else the next batch takes it)."""
-        msg = rawnl.ifinfo(index=doomed.ifindex) + rawnl.link_attrs(group=doomed.group)
+        msg = ifinfo(index=doomed.ifindex) + link_attrs(group=doomed.group)
         try:
-            await rawnl.transact(self._ipr, RTM_NEWLINK, msg)
+            await self._conn.transact(RTM_NEWLINK, msg)
         except Exception as exc:  # noqa: BLE001 - best effort: the caller hears of the deletion's error
             if code_of(exc) != ENODEV:
                 log.warning("interface %s%s stays in the deleting group %d: %s",
@@ -190,12 +192,3 @@ def _succeed(doomed: _Doomed) -> None:
 def _fail(doomed: _Doomed, exc: BaseException) -> None:
     if not doomed.done.done():
         doomed.done.set_exception(exc)
-
-
-def reaper_of(ipr, netns: str | None) -> LinkReaper:
-    """The reaper of a namespace's socket (one per socket: a replaced namespace gets a new one)."""
-    reaper = getattr(ipr, "_xfrmid_reaper", None)
-    if reaper is None:
-        reaper = LinkReaper(ipr, netns)
-        ipr._xfrmid_reaper = reaper
-    return reaper

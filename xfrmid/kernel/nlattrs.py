@@ -1,7 +1,7 @@
 """Attributes of raw rtnetlink messages, decoded only where a caller asks.
 
 Dumps of thousands of objects are parsed from the kernel's bytes (see
-namespace.raw_dump) with the structs of events.py: ``pick`` returns just the
+``NetnsConnection.raw_dump``) with the layout of netlink.py: ``pick`` returns just the
 attributes named in a table of decoders, so each parser states what it reads
 and nothing else is decoded.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from .events import _NLA, _U32, NLA_TYPE_MASK, _cstr
+from .netlink import NLA, NLA_TYPE_MASK, U32, cstr
 
 Decoder = Callable[[bytes, int, int], object]
 
@@ -21,11 +21,11 @@ def u8(data: bytes, start: int, stop: int) -> int:
 
 
 def u32(data: bytes, start: int, stop: int) -> int:
-    return _U32.unpack_from(data, start)[0]
+    return U32.unpack_from(data, start)[0]
 
 
 def text(data: bytes, start: int, stop: int) -> str:
-    return _cstr(data, start, stop)
+    return cstr(data, start, stop)
 
 
 def flag(data: bytes, start: int, stop: int) -> bool:
@@ -49,14 +49,14 @@ ADDRESS = {socket.AF_INET: address(socket.AF_INET), socket.AF_INET6: address(soc
 
 def pick(data: bytes, pos: int, end: int, decoders: dict[int, Decoder]) -> dict[int, object]:
     """{attribute type: decoded value} of the attributes in data[pos:end] that ``decoders`` names."""
-    # events._walk's loop, inlined: this runs for every attribute of every message of
+    # netlink.walk's loop, inlined: this runs for every attribute of every message of
     # a 10,000-link dump, and the generator's yields cost a third of the time.
     # It stops once every named attribute is found: the kernel puts the large ones
     # (IFLA_AF_SPEC, IFLA_PROP_LIST...) after what xfrmid reads. An attribute
     # repeated in a message keeps its first value then (the kernel repeats none
     # of those xfrmid reads).
     found: dict[int, object] = {}
-    unpack = _NLA.unpack_from
+    unpack = NLA.unpack_from
     get = decoders.get
     wanted = len(decoders)
     while pos + 4 <= end:

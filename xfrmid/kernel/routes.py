@@ -22,10 +22,10 @@ from ..errors import Conflict, InvalidArgument
 from ..naming import check_ifname, check_u32
 from ..validate import family_of, parse_address, parse_network
 from . import nlattrs
-from .events import _RTMSG
+from .netlink import F_CREATE, F_REQ, RTMSG
 from . import link_msgs
 from .links import index_of, names_of
-from .namespace import F_CREATE, F_REQ, raw_dump, request, where
+from .namespace import where
 from .nlerrors import code_of, translate
 from .objects import MAIN_TABLE, XFRMID_PROTO, RouteSpec
 
@@ -98,7 +98,7 @@ _ROUTE_ATTRS = {
 
 def _parse(data: bytes, pos: int, end: int) -> tuple[RouteSpec, int] | None:
     """(RouteSpec with dev "", oif) of one raw RTM_NEWROUTE carrying xfrmid's protocol."""
-    family, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = _RTMSG.unpack_from(data, pos)
+    family, dst_len, _src_len, _tos, table, proto, _scope, _rtype, _flags = RTMSG.unpack_from(data, pos)
     if proto != XFRMID_PROTO or family not in DEFAULT_METRIC:
         return None
     attrs = nlattrs.pick(data, pos + 12, end, _ROUTE_ATTRS[family])
@@ -117,7 +117,7 @@ def _parse(data: bytes, pos: int, end: int) -> tuple[RouteSpec, int] | None:
 
 
 async def own_routes(
-    ipr, netns: str | None, dev: str | None = None, ifindex: int | None = None,
+    conn, netns: str | None, dev: str | None = None, ifindex: int | None = None,
     known: dict[int, str] | None = None,
 ) -> set[RouteSpec]:
     """xfrmid's routes, all tables; only those through ``dev`` if given (``ifindex``
@@ -129,13 +129,13 @@ async def own_routes(
     query["proto"] = XFRMID_PROTO  # strict dump: the kernel filters by protocol, all tables
     if dev is not None:
         if ifindex is None:
-            found_dev = await link_msgs.get_link(ipr, name=dev)
+            found_dev = await link_msgs.get_link(conn, name=dev)
             if found_dev is None:
                 return set()  # no device, no route through it
             ifindex = link_msgs.index(found_dev)
         query["attrs"] = [("RTA_OIF", ifindex)]
     try:
-        raw = await raw_dump(ipr, query, RTM_GETROUTE)
+        raw = await conn.raw_dump(query, RTM_GETROUTE)
     except NetlinkError as exc:
         if dev is not None and code_of(exc) == 19:  # ENODEV: the device went meanwhile
             return set()
@@ -145,21 +145,21 @@ async def own_routes(
         return {replace(spec, dev=dev) for spec, oif in found if oif == ifindex}
     names = dict(known or {})
     if missing := {oif for _, oif in found if oif and oif not in names}:
-        names.update(await names_of(ipr, missing))
+        names.update(await names_of(conn, missing))
     return {replace(spec, dev=names.get(oif, "")) for spec, oif in found}
 
 
-async def add_route(ipr, netns: str | None, spec: RouteSpec) -> None:
+async def add_route(conn, netns: str | None, spec: RouteSpec) -> None:
     """Add the route; fine if xfrmid's identical route is there, Conflict if another is."""
     spec = normalize(spec)
-    oif = await index_of(ipr, netns, spec.dev, what="Interface")
+    oif = await index_of(conn, netns, spec.dev, what="Interface")
     doing = f"Adding {describe(spec)}{where(netns)}"
     try:
-        await request(ipr, _message(spec, oif, adding=True), RTM_NEWROUTE, F_CREATE)
+        await conn.request(_message(spec, oif, adding=True), RTM_NEWROUTE, F_CREATE)
     except NetlinkError as exc:
         code = code_of(exc)
         if code == 17:  # EEXIST
-            if spec in await own_routes(ipr, netns):
+            if spec in await own_routes(conn, netns):
                 return
             raise Conflict(
                 f"{doing} failed: another route to {spec.dst} with the same metric is already in "
@@ -173,10 +173,10 @@ async def add_route(ipr, netns: str | None, spec: RouteSpec) -> None:
         raise translate(exc, doing) from None
 
 
-async def remove_route(ipr, netns: str | None, spec: RouteSpec) -> None:
+async def remove_route(conn, netns: str | None, spec: RouteSpec) -> None:
     """Remove xfrmid's route; a missing route (or device) is fine."""
     spec = normalize(spec)
-    dev = await link_msgs.get_link(ipr, name=spec.dev)
+    dev = await link_msgs.get_link(conn, name=spec.dev)
     if dev is None:
         return  # the kernel removed the route together with its device
     oif = link_msgs.index(dev)
@@ -184,10 +184,10 @@ async def remove_route(ipr, netns: str | None, spec: RouteSpec) -> None:
     if message["family"] == socket.AF_INET and spec.metric is None:
         # IPv4 reads metric 0 as "any metric": if ours is gone, the kernel would
         # remove our route to the same prefix with the next metric instead.
-        if spec not in await own_routes(ipr, netns, spec.dev, oif):
+        if spec not in await own_routes(conn, netns, spec.dev, oif):
             return
     try:
-        await request(ipr, message, RTM_DELROUTE, F_REQ)
+        await conn.request(message, RTM_DELROUTE, F_REQ)
     except NetlinkError as exc:
         if code_of(exc) in (3, 2, 19):  # ESRCH/ENOENT/ENODEV: not there
             return

@@ -22,8 +22,8 @@ from ..errors import InvalidArgument
 from ..naming import check_u32
 from ..validate import parse_network
 from . import nlattrs
-from .events import _FIBRULE
-from .namespace import F_CREATE, F_REQ, raw_dump, request, where
+from .netlink import F_CREATE, F_REQ, FIBRULE
+from .namespace import where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_PROTO, RuleSpec
 
@@ -115,7 +115,7 @@ _RULE_ATTRS = {
 
 def _parse(data: bytes, pos: int, end: int) -> RuleSpec | None:
     """The RuleSpec of one raw RTM_NEWRULE carrying xfrmid's protocol, else None."""
-    family, dst_len, src_len, _tos, table, _r1, _r2, action, flags = _FIBRULE.unpack_from(data, pos)
+    family, dst_len, src_len, _tos, table, _r1, _r2, action, flags = FIBRULE.unpack_from(data, pos)
     if family not in _FAMILIES or action != FR_ACT_TO_TBL:
         return None
     attrs = nlattrs.pick(data, pos + 12, end, _RULE_ATTRS[family])
@@ -139,21 +139,21 @@ def _parse(data: bytes, pos: int, end: int) -> RuleSpec | None:
     )
 
 
-async def _own_rule_list(ipr, netns: str | None) -> list[RuleSpec]:
+async def _own_rule_list(conn, netns: str | None) -> list[RuleSpec]:
     """xfrmid's rules in the kernel's order, the order a removal searches them."""
     # The kernel filters no rule dump (fib_valid_dumprule_req refuses any
     # selector), so every rule comes back; only FRA_PROTOCOL 120 ones are parsed.
     query = fibmsg()
     query["family"] = socket.AF_UNSPEC
     try:
-        raw = await raw_dump(ipr, query, RTM_GETRULE)
+        raw = await conn.raw_dump(query, RTM_GETRULE)
     except NetlinkError as exc:
         raise translate(exc, f"Listing xfrmid's rules{where(netns)}") from None
     return [spec for mtype, data, pos, end in raw if mtype == RTM_NEWRULE and (spec := _parse(data, pos, end))]
 
 
-async def own_rules(ipr, netns: str | None) -> set[RuleSpec]:
-    return set(await _own_rule_list(ipr, netns))
+async def own_rules(conn, netns: str | None) -> set[RuleSpec]:
+    return set(await _own_rule_list(conn, netns))
 
 
 def _caught(pattern: RuleSpec, rule: RuleSpec) -> bool:
@@ -168,16 +168,16 @@ def _caught(pattern: RuleSpec, rule: RuleSpec) -> bool:
     )
 
 
-async def add_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
+async def add_rule(conn, netns: str | None, spec: RuleSpec) -> None:
     """Add the rule; fine if xfrmid's identical rule is already there."""
     spec = normalize(spec)
     doing = f"Adding {describe(spec)}{where(netns)}"
     try:
-        await request(ipr, _message(spec), RTM_NEWRULE, F_CREATE)
+        await conn.request(_message(spec), RTM_NEWRULE, F_CREATE)
     except NetlinkError as exc:
         if code_of(exc) != 17:
             raise translate(exc, doing) from None
-        ours = await own_rules(ipr, netns)
+        ours = await own_rules(conn, netns)
         if spec in ours:
             return
         if not any(_caught(spec, rule) for rule in ours):
@@ -185,12 +185,12 @@ async def add_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
         # The kernel's duplicate check reads an absent destination as "any": a
         # default route's rule "exists" once a peer's rule of that interface does.
         try:
-            await request(ipr, _message(spec), RTM_NEWRULE, F_REQ | NLM_F_CREATE)
+            await conn.request(_message(spec), RTM_NEWRULE, F_REQ | NLM_F_CREATE)
         except NetlinkError as again:
             raise translate(again, doing) from None
 
 
-async def remove_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
+async def remove_rule(conn, netns: str | None, spec: RuleSpec) -> None:
     """Remove xfrmid's rule; a missing rule is fine.
 
     The kernel removes the first rule its selectors match, and reads an absent
@@ -203,20 +203,20 @@ async def remove_rule(ipr, netns: str | None, spec: RuleSpec) -> None:
     spec = normalize(spec)
     ahead: list[RuleSpec] = []
     if spec.dst is None or not spec.fwmark or not spec.fwmask:
-        ours = await _own_rule_list(ipr, netns)
+        ours = await _own_rule_list(conn, netns)
         if spec not in ours:
             return
         ahead = [rule for rule in ours[:ours.index(spec)] if _caught(spec, rule)]
     # each removal takes the first match: the rules ahead, in order, then ours
     for _ in range(len(ahead) + 1):
-        await _remove(ipr, netns, spec)
+        await _remove(conn, netns, spec)
     for rule in ahead:
-        await add_rule(ipr, netns, rule)
+        await add_rule(conn, netns, rule)
 
 
-async def _remove(ipr, netns: str | None, spec: RuleSpec) -> None:
+async def _remove(conn, netns: str | None, spec: RuleSpec) -> None:
     try:
-        await request(ipr, _message(spec), RTM_DELRULE, F_REQ)
+        await conn.request(_message(spec), RTM_DELRULE, F_REQ)
     except NetlinkError as exc:
         if code_of(exc) in (2, 3):  # ENOENT/ESRCH: not there
             return

@@ -3,8 +3,9 @@
 pyroute2 0.9 knows IFLA_XFRM_LINK and IFLA_XFRM_IF_ID but not
 IFLA_XFRM_COLLECT_METADATA (attribute 3, a flag, Linux 6.1). We extend its
 own ``xfrm`` class and register the result through pyroute2's plugin
-mechanism (``ifinfmsg.ifinfo.register_link_kind``), so dumps decode the flag
-and create requests can carry it.
+mechanism (``ifinfmsg.ifinfo.register_link_kind``), so decoded replies carry
+the flag and pyroute2 messages can (the feature probe's). ``register`` runs
+when the kernel layer is opened (``xfrmid.kernel.prepare``), not on import.
 
 The hooks follow systemd-networkd's netdev/xfrm.c: verify a spec, fill the
 IFLA_INFO_DATA of a create request, parse IFLA_INFO_DATA of a dump. What the
@@ -24,7 +25,7 @@ from pyroute2.netlink.rtnl.ifinfmsg.plugins.xfrm import xfrm as _pyroute2_xfrm
 
 from ..errors import InvalidArgument, KernelUnsupported
 from ..naming import check_if_id, check_ifname
-from . import rawnl
+from . import netlink
 from .objects import LinkSpec
 
 if TYPE_CHECKING:
@@ -46,9 +47,6 @@ def register() -> None:
     """Install the extended kind into pyroute2 (idempotent)."""
     if ifinfmsg.ifinfo.data_map.get(KIND) is not xfrm:
         ifinfmsg.ifinfo.register_link_kind(module={KIND: xfrm})
-
-
-register()
 
 
 @dataclass(frozen=True)
@@ -86,13 +84,13 @@ def verify(spec: LinkSpec, features: "Features | None" = None) -> None:
 
 
 def fill_create(spec: LinkSpec, link_index: int) -> bytes:
-    """IFLA_INFO_DATA attributes of the create request, encoded (rawnl)."""
+    """IFLA_INFO_DATA attributes of the create request, encoded (netlink.py)."""
     if spec.external:
         # if_id and link must be absent/zero: each SA carries its own if_id
-        return rawnl.flag(IFLA_XFRM_COLLECT_METADATA)
-    attrs = rawnl.u32(IFLA_XFRM_IF_ID, spec.if_id)
+        return netlink.flag(IFLA_XFRM_COLLECT_METADATA)
+    attrs = netlink.u32(IFLA_XFRM_IF_ID, spec.if_id)
     if link_index:
-        attrs += rawnl.u32(IFLA_XFRM_LINK, link_index)
+        attrs += netlink.u32(IFLA_XFRM_LINK, link_index)
     return attrs
 
 
