@@ -19,10 +19,10 @@ import signal
 import sys
 from typing import Any
 
-from . import __version__
 from .errors import XfrmidError
 from .notify import Notifier
 from .settings import DEFAULT_CONFIG_PATH, Settings
+from .version import VersionAction, full_version
 
 log = logging.getLogger("xfrmid.daemon")
 
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Tests only: a tiny receive buffer makes netlink overruns (ENOBUFS) certain.
     parser.add_argument("--monitor-rcvbuf", type=_positive_int, metavar="BYTES", help=argparse.SUPPRESS)
-    parser.add_argument("--version", action="version", version=f"xfrmid {__version__}")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the versions of xfrmid, pyroute2 and dbus-fast and exit")
     return parser
 
 
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         except XfrmidError as exc:
             print(f"xfrmid: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        log.info("xfrmid %s starting (config %s, bus %s)", __version__, args.config, args.bus)
+        log.info("xfrmid %s starting (config %s, bus %s)", full_version(), args.config, args.bus)
         # No cyclic garbage collection until READY=1: the start-up allocates an object
         # per kernel object and per promise (millions for 10,000 interfaces), which
         # made the collector walk the growing heap again and again (~10 % of the time).

@@ -10,9 +10,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from dbus_fast import Variant
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+# method and signal: the names dbus-fast has had from the first release on (dbus_method and
+# dbus_signal arrived in 3.x as aliases), so the oldest supported dbus-fast has them too
+from dbus_fast.service import ServiceInterface, dbus_property
+from dbus_fast.service import method as dbus_method
+from dbus_fast.service import signal as dbus_signal
 
-from .. import __version__
+from ..version import full_version
 from ..core.views import InterfaceInfo
 from .names import INTERFACE_IFACE, MANAGER_IFACE, interface_path
 from .options import parse_options
@@ -150,7 +154,7 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":
-        return __version__
+        return full_version()
 
     @dbus_property(access=PropertyAccess.READ)
     def KernelFeatures(self) -> "a{sb}":
