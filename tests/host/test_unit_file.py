@@ -113,9 +113,21 @@ def test_dbus_activation_file():
         "Name": "org.xfrmid1",
         "Exec": "/bin/false",
         "User": "root",
-        "SystemdService": "xfrmid.service",
+        "SystemdService": "dbus-org.xfrmid1.service",
     }
     assert section["Name"] == unit_values("BusName")[0]
+    # activation goes through the alias only an enabled unit has: disable stops it
+    assert unit_values("Alias") == [section["SystemdService"]]
+
+
+def test_notify_reload_drop_in():
+    """Where the package installs it (systemd >= 253) systemd sends the SIGHUP and waits for
+    RELOADING=1 and READY=1; ExecReload= must go, or each reload would signal twice."""
+    parser = configparser.ConfigParser(strict=False, empty_lines_in_values=False)
+    parser.optionxform = str
+    parser.read(TOP / "systemd" / "notify-reload.conf")
+    assert dict(parser["Service"]) == {"Type": "notify-reload", "ExecReload": ""}
+    assert unit_values("Type") == ["notify"]  # the unit alone serves systemd 252 and older
 
 
 def test_sysusers_creates_group(tmp_path):

@@ -2,7 +2,9 @@
 
 A systemd-nspawn container boots the VM's own root file system (through an
 overlay) with systemd as PID 1 and the project's unit, D-Bus activation file,
-bus policy and sysusers file installed where the package puts them. Its
+bus policy and sysusers file installed where the package puts them (Debian 12's
+systemd is 252: no systemd/notify-reload.conf, which the package installs only
+for systemd 253 or newer, so the unit runs as Type=notify). Its
 default unit, service_unit/check.sh, drives xfrmid.service through D-Bus
 activation, systemctl and xfrmctl and writes what it saw to /out; the tests
 below read that. The container shares the VM's kernel, so the interfaces are
@@ -119,6 +121,8 @@ def run():
 
 def test_dbus_activation_starts_the_notify_unit(run):
     facts, files = run
+    assert facts["enable_rc"] == "0", files["enable.txt"]
+    assert facts["alias"].endswith("/xfrmid.service")
     assert facts["before_activation"] == "inactive"
     assert facts["activation_rc"] == "0", files["activation.txt"]
     assert facts["active"] == "active/running"
@@ -174,6 +178,13 @@ def test_journal_has_structured_fields(run):
     entries = [json.loads(line) for line in files["journal.json"].splitlines() if line.strip()]
     assert any(e.get("SYSLOG_IDENTIFIER") == "xfrmid" for e in entries)
     assert any(e.get("INTERFACE") == "ipsec731" for e in entries), "no entry carries INTERFACE=ipsec731"
+
+
+def test_a_disabled_unit_is_not_activated(run):
+    facts, files = run
+    assert facts["disable_rc"] == "0", files["disable.txt"]
+    assert facts["disabled_activation_rc"] != "0", files["disabled_activation.txt"]
+    assert facts["disabled_state"] == "inactive"
 
 
 def test_stop_is_clean(run):

@@ -28,7 +28,11 @@ wait_log() {  # wait until the unit's journal contains $1 (at most 5 min)
 step boot
 fact before_activation "$(show ActiveState)"
 
-# D-Bus activation: the first call starts xfrmid.service through systemd.
+# D-Bus activation: the first call starts xfrmid.service through systemd, by the
+# alias (dbus-org.xfrmid1.service) the administrator's enable creates.
+systemctl enable xfrmid.service >/out/enable.txt 2>&1
+fact enable_rc $?
+fact alias "$(readlink /etc/systemd/system/dbus-org.xfrmid1.service)"
 manager ListInterfaces >/out/activation.txt 2>&1
 fact activation_rc $?
 wait_state active || { fact activation_failed "$(show ActiveState)/$(show Result)"; dump; }
@@ -79,6 +83,13 @@ fact state_kept "$(grep -rqs '"ipsec731"' /run/xfrmid/ && echo yes || echo no)"
 cp /run/xfrmid/state.json /out/state.json
 ip link del ipsec731
 step stopped
+
+# Disabled, xfrmid is no longer started by a call on the bus.
+systemctl disable xfrmid.service >/out/disable.txt 2>&1
+fact disable_rc $?
+manager ListInterfaces >/out/disabled_activation.txt 2>&1
+fact disabled_activation_rc $?
+fact disabled_state "$(show ActiveState)"
 dump
 journalctl -b -u xfrmid.service --no-pager -o json >/out/journal.json
 echo done >>/out/facts
