@@ -1,16 +1,19 @@
 """Fixtures shared by the host and the kernel suites.
 
 - ``settings``: default Settings with the state directory under tmp_path.
-- ``manager``: a started core Manager over whatever ``kernel`` fixture the
-  suite provides (host: the in-memory FakeKernel of the test module; kernel:
-  the real kernel backend from tests/kernel/conftest.py), stopped after.
+- ``core``: the running core as the daemon builds it (``xfrmid.core.running.build_core``:
+  the manager and its drift watcher), over whatever ``kernel`` fixture the suite
+  provides, with that suite's ``monitors`` (host: the in-memory FakeKernel of the
+  test module and its events; kernel: the real kernel backend and its netlink
+  monitors, from tests/kernel/conftest.py); started, and stopped after.
+- ``manager``, ``watcher``: its two parts.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from xfrmid.core.manager import Manager
+from xfrmid.core.running import build_core
 from xfrmid.settings import Settings
 
 
@@ -20,8 +23,18 @@ def settings(tmp_path):
 
 
 @pytest.fixture
-async def manager(kernel, settings):
-    m = Manager(kernel, settings)
-    await m.start()
-    yield m
-    await m.stop()
+async def core(kernel, settings, monitors):
+    running = build_core(kernel, settings, monitors)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+def manager(core):
+    return core.manager
+
+
+@pytest.fixture
+def watcher(core):
+    return core.watcher

@@ -12,17 +12,25 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import XfrmidError
 from .notify import Notifier
 from .settings import DEFAULT_CONFIG_PATH, Settings
 from .version import VersionAction, full_version
+
+if TYPE_CHECKING:  # imported where used: the kernel probe starts before them (see Daemon.run)
+    from .bus.service import BusService, XfrmidMessageBus
+    from .core.running import RunningCore
+    from .core.watch import MonitorFactory
+    from .kernel.rtnetlink import Kernel
+    from .kernel.features import Features
 
 log = logging.getLogger("xfrmid.daemon")
 
@@ -90,24 +98,23 @@ def load_settings(args: argparse.Namespace) -> Settings:
     from . import config
 
     settings = config.load_or_default(args.config)
-    overrides: dict[str, Any] = {}
     if args.log_level:
-        overrides["log_level"] = args.log_level
+        settings = dataclasses.replace(settings, log_level=args.log_level)
     if args.state_dir:
-        overrides["state_dir"] = args.state_dir
-    return dataclasses.replace(settings, **overrides) if overrides else settings
+        settings = dataclasses.replace(settings, state_dir=args.state_dir)
+    return settings
 
 
-def describe_features(features: Any) -> str:
+def describe_features(features: "Features") -> str:
     """One sentence about what the kernel offers."""
-    release = getattr(features, "kernel", "") or os.uname().release
-    if not getattr(features, "xfrm_interface", False):
+    release = features.kernel or os.uname().release
+    if not features.xfrm_interface:
         return features.explanation() or f"Kernel {release} has no XFRM interfaces."
     extras = [
         name
         for name, flag in (
-            ("external (collect_md) mode", getattr(features, "collect_md", False)),
-            ("output mark masks", getattr(features, "set_mark_mask", False)),
+            ("external (collect_md) mode", features.collect_md),
+            ("output mark masks", features.set_mark_mask),
         )
         if flag
     ]
@@ -116,34 +123,27 @@ def describe_features(features: Any) -> str:
 
 
 def _setup_logging(level: str) -> None:
-    try:
-        from . import journal
-    except ImportError:  # pragma: no cover - journal.py ships with xfrmid
-        logging.basicConfig(level=level.upper(), format="%(levelname)s %(message)s")
-        return
+    from . import journal
+
     journal.setup(level)
-
-
 
 
 class Daemon:
     def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
         self.args = args
         self.settings = settings
-        self.manager: Any = None
-        self.service: Any = None
-        self.kernel: Any = None
-        self.watcher: Any = None
+        self.kernel: Kernel | None = None
+        self.core: RunningCore | None = None
+        self.service: BusService | None = None
         self._stop = asyncio.Event()
         self.notifier = Notifier()
 
     async def reload(self) -> None:
         """Re-read the configuration file (SIGHUP and the D-Bus Reload method)."""
+        assert self.core is not None  # the bus, and so Reload, comes after the core
         settings = load_settings(self.args)
         _setup_logging(settings.log_level)
-        # the reload's own changes are not drift; what it leaves is judged afterwards
-        with self.watcher.holding() if self.watcher is not None else contextlib.nullcontext():
-            await self.manager.reload(settings)
+        await self.core.manager.reload(settings)
         self.settings = settings
         log.info("configuration reloaded from %s", self.args.config)
 
@@ -159,7 +159,10 @@ class Daemon:
 
     def _status(self) -> str:
         # the bus's count: the manager's interfaces() would build every view anew
-        count = self.service.interface_count if self.service is not None else len(self.manager.interfaces())
+        if self.service is not None:
+            count = self.service.interface_count
+        else:
+            count = len(self.core.manager.published()) if self.core is not None else 0
         return f"Serving {count} interface{'s' if count != 1 else ''}"
 
     async def run(self) -> int:
@@ -167,32 +170,34 @@ class Daemon:
 
         # One probe (a modprobe and a throwaway namespace): the Kernel caches it for the manager.
         # It starts first: modprobe, a process of its own, runs while the rest is imported.
-        self.kernel = open_kernel()
-        probing = asyncio.ensure_future(self.kernel.features())
+        kernel = self.kernel = open_kernel()
+        probing = asyncio.ensure_future(kernel.features())
         await asyncio.sleep(0)
         try:
             from .bus.service import BusService, connect_bus
-            from .core.manager import Manager
+            from .core.running import build_core
         except BaseException:
             probing.cancel()
             raise
         # The modules are here to stay: the collector need not walk them again (see main()).
         gc.freeze()
         features = await probing
-        if not getattr(features, "xfrm_interface", False):
+        if not features.xfrm_interface:
             print(describe_features(features), file=sys.stderr)
-            await self.kernel.close()
+            await kernel.close()
             return EXIT_FAILURE
         log.info("%s", describe_features(features))
-        self.manager = Manager(self.kernel, self.settings, _state_store(self.settings))
-        self.watcher = _watcher(self.manager, getattr(self.args, "monitor_rcvbuf", None))
+        core = self.core = build_core(kernel, self.settings, _monitors(self.args.monitor_rcvbuf))
+
         # The bus handshake overlaps the start-up reconcile; the name is requested only after it.
-        async def connect() -> Any:  # a bad address fails here too, reported below
-            return await connect_bus(self.args.bus).connect()
+        async def connect() -> XfrmidMessageBus:  # a bad address fails here too, reported below
+            bus = connect_bus(self.args.bus)
+            await bus.connect()
+            return bus
 
         connecting = asyncio.ensure_future(connect())
         try:
-            counts = await self.manager.start()
+            counts = await core.start()  # the watcher too: drift from now on is repaired
         except BaseException:
             connecting.cancel()
             with contextlib.suppress(BaseException):
@@ -202,21 +207,18 @@ class Daemon:
             "start-up reconcile: %s",
             ", ".join(f"{key} {value}" for key, value in counts.items()) or "nothing to do",
         )
-        # Before the bus name: drift from now on is repaired, none slips in between.
-        self.watcher.set_interfaces(_published(self.manager))
-        await self.watcher.start()
         try:
             bus = await connecting
         except Exception as exc:
             print(f"xfrmid: cannot connect to the {self.args.bus} bus: {exc}", file=sys.stderr)
-            await self._stop_core()
+            await core.stop()
             return EXIT_FAILURE
-        self.service = BusService(self.manager, bus, self.reload)
+        service = self.service = BusService(core.manager, bus, self.reload)
         try:
-            await self.service.start()
+            await service.start()
         except XfrmidError as exc:
             print(f"xfrmid: {exc}", file=sys.stderr)
-            await self._stop_core()
+            await core.stop()
             return EXIT_FAILURE
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -236,54 +238,21 @@ class Daemon:
         for task in (lost, stop):
             task.cancel()
         await self.notifier.stop_watchdog()
-        await self.service.stop()
-        await self._stop_core()
+        await service.stop()
+        await core.stop()
         log.info("stopped")
         return rc
 
-    async def _stop_core(self) -> None:
-        """Stop repairing first: the manager's last calls must not look like drift."""
-        if self.watcher is not None:
-            await self.watcher.stop()
-            log.info("drift repair: %s", ", ".join(f"{k} {v}" for k, v in self.watcher.stats().items()))
-        await self.manager.stop()
 
+def _monitors(rcvbuf: int | None) -> "MonitorFactory":
+    """The drift watcher's netlink monitors, one per namespace; ``rcvbuf``: the hidden
+    testing option's receive buffer (a tiny one makes overruns certain)."""
+    from .kernel.monitor import NetnsMonitor
 
-def _published(manager: Any) -> Any:
-    """The views the manager last published, when it offers them: building every view
-    anew (``interfaces()``) costs O(interfaces) of planning at start-up."""
-    published = getattr(manager, "published", None)
-    return published() if published is not None else manager.interfaces()
-
-
-def _watcher(manager: Any, rcvbuf: int | None) -> Any:
-    """The drift watcher (issue 4), wired to the manager as its listener and its hold hook.
-
-    It repairs one interface at a time with ``reconcile_interface`` and falls
-    back to the same full ``reconcile`` the D-Bus Reconcile method runs; the
-    manager tells it (as a listener) which interfaces and namespaces to watch,
-    so a namespace first used at run time gets its monitor then.
-    """
-    from .core.watch import Watcher
-
-    factory: dict[str, Any] = {}
-    if rcvbuf is not None:
-        from .kernel.monitor import NetnsMonitor
-
-        factory["monitor_factory"] = lambda netns, on_event, interest: NetnsMonitor(
-            netns, on_event, interest, rcvbuf=rcvbuf)
-        log.warning("monitor receive buffer set to %d bytes (a testing setting)", rcvbuf)
-    watcher = Watcher(manager.reconcile, reconcile_one=manager.reconcile_interface, **factory)
-    manager.subscribe(watcher)
-    manager.hold = watcher.hold
-    return watcher
-
-
-def _state_store(settings: Settings) -> Any:
-    """The persistent desired state (issue 4), when the core provides one."""
-    from .core.store import StateStore
-
-    return StateStore.in_dir(settings.state_dir)
+    if rcvbuf is None:
+        return NetnsMonitor
+    log.warning("monitor receive buffer set to %d bytes (a testing setting)", rcvbuf)
+    return functools.partial(NetnsMonitor, rcvbuf=rcvbuf)
 
 
 async def _check_kernel() -> int:
@@ -291,7 +260,7 @@ async def _check_kernel() -> int:
 
     features = await probe_features()
     print(describe_features(features))
-    return EXIT_OK if getattr(features, "xfrm_interface", False) else EXIT_FAILURE
+    return EXIT_OK if features.xfrm_interface else EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:

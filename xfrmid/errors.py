@@ -104,3 +104,8 @@ def show(value: object) -> str:
         if isinstance(value, int):
             return hex(value)
         return f"<{type(value).__name__} object>"
+
+
+def where(netns: str | None) -> str:
+    """How a message names a namespace: " in namespace 'blue'", or nothing for the daemon's own."""
+    return f" in namespace {netns!r}" if netns else ""

@@ -1,4 +1,4 @@
-"""An in-memory KernelBackend for unit tests of the core's pure logic.
+"""An in-memory KernelBackend for unit tests of the core's pure logic, with netlink's events.
 
 It mimics the kernel behaviours the core depends on (checked against the real
 kernel in tests/kernel/): idempotent create of an identical link, Conflict on
@@ -6,17 +6,34 @@ name/if_id clashes, routes and addresses vanishing with their link, routes
 dropped when their source address goes and all IPv4 routes through a device
 dropped when its last IPv4 address goes, ENETDOWN for routes through a down
 link, EEXIST for a second route in the same (table, prefix, metric) slot.
+
+Every change made through it (a backend method or ``foreign_link``) is an
+event for the namespace's monitors, as rtnetlink notifications are:
+``FakeKernel.monitor`` is the drift watcher's monitor factory, what
+``kernel.monitor.NetnsMonitor`` is to the real kernel. A change written into
+``ns`` by hand makes no event (drift whose notification was lost).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from xfrmid.errors import Conflict, InvalidArgument, NotFound, XfrmidError
+from xfrmid.kernel.events import AddressEvent, Event, Interest, LinkEvent, RouteEvent, RuleEvent
 from xfrmid.kernel.features import Features
-from xfrmid.kernel.objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
+from xfrmid.kernel.objects import (
+    XFRMID_LINK_GROUP,
+    XFRMID_PROTO,
+    AddressSpec,
+    LinkSpec,
+    LinkState,
+    RouteSpec,
+    RuleSpec,
+)
 
 FEATURES = Features(xfrm_interface=True, collect_md=True, set_mark_mask=True, kernel="fake")
 
@@ -43,6 +60,34 @@ class Namespace:
     foreign_rules: set[RuleSpec] = field(default_factory=set)
 
 
+class FakeMonitor:
+    """One namespace's events of the fake kernel, delivered to ``on_event`` while running."""
+
+    def __init__(self, kernel: "FakeKernel", netns: str | None, on_event: Callable[[Event], None],
+                 interest: Interest) -> None:
+        self.kernel, self.netns, self.on_event, self.interest = kernel, netns, on_event, interest
+        self.running = False
+
+    async def start(self) -> None:
+        self.kernel._ns(self.netns)  # NotFound for a missing namespace, as the real monitor
+        self.running = True
+        self.kernel.monitors.append(self)
+
+    async def close(self) -> None:
+        self.running = False
+        if self in self.kernel.monitors:
+            self.kernel.monitors.remove(self)
+
+    def deliver(self, ev: Event) -> None:
+        if isinstance(ev, LinkEvent):
+            # what the parser does: a managed name's ifindex is learnt from its link events
+            managed = ev.ifname in self.interest.names or ev.ifindex in self.interest.indexes
+            if ev.ifname in self.interest.names and not ev.deleted:
+                self.interest.indexes.add(ev.ifindex)
+            ev = replace(ev, managed=managed)
+        self.on_event(ev)
+
+
 class FakeKernel:
     def __init__(self, features: Features = FEATURES) -> None:
         self._features = features
@@ -50,6 +95,35 @@ class FakeKernel:
         self._ifindex = itertools.count(10)
         self.calls: list[tuple[str, object]] = []
         self.fail: dict[str, XfrmidError] = {}  # op name -> error raised once
+        self.monitors: list[FakeMonitor] = []  # started ones
+
+    def monitor(self, netns: str | None, on_event: Callable[[Event], None], interest: Interest) -> FakeMonitor:
+        """The watcher's monitor factory for this kernel."""
+        return FakeMonitor(self, netns, on_event, interest)
+
+    def _emit(self, netns: str | None, ev: Event) -> None:
+        for monitor in list(self.monitors):
+            if monitor.netns == netns:
+                monitor.deliver(ev)
+
+    def _link_event(self, netns: str | None, state: LinkState, deleted: bool = False) -> None:
+        self._emit(netns, LinkEvent(netns, deleted, state.ifindex, state.name, "xfrm", state.up,
+                                    "unknown" if state.up else "down", state.mtu,
+                                    XFRMID_LINK_GROUP if state.owned else 0, False))
+
+    def _address_event(self, netns: str | None, ifname: str, cidr: str, deleted: bool) -> None:
+        link = self.ns[netns].links.get(ifname)
+        self._emit(netns, AddressEvent(netns, deleted, link.ifindex if link else 1, cidr, 0))
+
+    def _route_event(self, netns: str | None, spec: RouteSpec, deleted: bool) -> None:
+        link = self.ns[netns].links.get(spec.dev)
+        family = socket.AF_INET6 if ":" in spec.dst else socket.AF_INET
+        self._emit(netns, RouteEvent(netns, deleted, family, spec.dst, spec.table, XFRMID_PROTO,
+                                     link.ifindex if link else 1, spec.metric, 0))
+
+    def _rule_event(self, netns: str | None, spec: RuleSpec, deleted: bool) -> None:
+        self._emit(netns, RuleEvent(netns, deleted, spec.family, spec.priority, spec.table, XFRMID_PROTO,
+                                    spec.dst, spec.src, 0))
 
     # --- test helpers -------------------------------------------------------
 
@@ -62,6 +136,7 @@ class FakeKernel:
                           external=kw.get("external", False), owned=kw.get("owned", False))
         self._ns(netns).links[name] = state
         self._ns(netns).addresses.setdefault(name, set())
+        self._link_event(netns, state)
         return state
 
     READS = ("xfrm_links", "link", "addresses", "addresses_by_index", "own_routes", "own_rules")
@@ -132,6 +207,7 @@ class FakeKernel:
                           external=spec.external, owned=True)
         ns.links[spec.name] = state
         ns.addresses[spec.name] = set()
+        self._link_event(netns, state)
         return state if read else None
 
     async def change_link(self, netns, name, *, mtu=None, up=None, mark=False) -> LinkState:
@@ -144,6 +220,7 @@ class FakeKernel:
         if mark:
             state = replace(state, owned=True, unmarked=False)
         ns.links[name] = state
+        self._link_event(netns, state)
         return state
 
     async def delete_link(self, netns, name, ifindex=None) -> None:
@@ -151,10 +228,11 @@ class FakeKernel:
         ns = self._ns(netns)
         if name not in ns.links:
             raise NotFound(f"Interface {name!r} does not exist.")
-        del ns.links[name]
+        state = ns.links.pop(name)
         ns.addresses.pop(name, None)
         ns.routes = {r for r in ns.routes if r.dev != name}
         ns.foreign_routes = {r for r in ns.foreign_routes if r.dev != name}
+        self._link_event(netns, state, deleted=True)  # IPv4 sends no route deletions with the link
 
     async def addresses(self, netns, ifname, ifindex=None) -> set[str]:
         self._op("addresses", ifname)
@@ -175,7 +253,10 @@ class FakeKernel:
         self._op("add_address", spec)
         ns = self._ns(netns)
         self._dev(ns, spec.ifname)
-        ns.addresses.setdefault(spec.ifname, set()).add(spec.cidr)
+        held = ns.addresses.setdefault(spec.ifname, set())
+        if spec.cidr not in held:
+            held.add(spec.cidr)
+            self._address_event(netns, spec.ifname, spec.cidr, deleted=False)
 
     async def remove_address(self, netns, spec: AddressSpec) -> None:
         self._op("remove_address", spec)
@@ -185,6 +266,7 @@ class FakeKernel:
         if spec.cidr not in held:
             return
         held.discard(spec.cidr)
+        self._address_event(netns, spec.ifname, spec.cidr, deleted=True)
         ip = str(ipaddress.ip_interface(spec.cidr).ip)
         v4 = ":" not in ip
         last_v4 = v4 and not any(":" not in a for a in held)
@@ -194,7 +276,9 @@ class FakeKernel:
                 return False
             return not (last_v4 and r.dev == spec.ifname and ":" not in r.dst)
 
-        ns.routes = {r for r in ns.routes if survives(r)}
+        for route in [r for r in ns.routes if not survives(r)]:
+            ns.routes.discard(route)
+            self._route_event(netns, route, deleted=True)
         ns.foreign_routes = {r for r in ns.foreign_routes if survives(r)}
 
     async def own_routes(self, netns, dev=None, ifindex=None, names=None) -> set[RouteSpec]:
@@ -220,10 +304,15 @@ class FakeKernel:
             if (other.table, other.dst, other.metric) == slot:
                 raise Conflict(f"Another route to {spec.dst} with the same metric is in table {spec.table}.")
         ns.routes.add(spec)
+        self._route_event(netns, spec, deleted=False)
 
     async def remove_route(self, netns, spec: RouteSpec) -> None:
         self._op("remove_route", spec)
-        self._ns(netns).routes.discard(norm_route(spec))
+        ns = self._ns(netns)
+        spec = norm_route(spec)
+        if spec in ns.routes:
+            ns.routes.discard(spec)
+            self._route_event(netns, spec, deleted=True)
 
     async def own_rules(self, netns) -> set[RuleSpec]:
         self._op("own_rules", netns)
@@ -231,11 +320,17 @@ class FakeKernel:
 
     async def add_rule(self, netns, spec: RuleSpec) -> None:
         self._op("add_rule", spec)
-        self._ns(netns).rules.add(norm_rule(spec))
+        ns, spec = self._ns(netns), norm_rule(spec)
+        if spec not in ns.rules:
+            ns.rules.add(spec)
+            self._rule_event(netns, spec, deleted=False)
 
     async def remove_rule(self, netns, spec: RuleSpec) -> None:
         self._op("remove_rule", spec)
-        self._ns(netns).rules.discard(norm_rule(spec))
+        ns, spec = self._ns(netns), norm_rule(spec)
+        if spec in ns.rules:
+            ns.rules.discard(spec)
+            self._rule_event(netns, spec, deleted=True)
 
     async def close(self) -> None:
         pass

@@ -1,10 +1,9 @@
-"""The daemon's drift-repair wiring, without a kernel: the watcher listens to the
-manager and holds what the manager changes; the testing-only receive buffer
-option; the Repaired signal as xfrmctl monitor shows it."""
+"""The running core's drift-repair wiring, without a kernel (build_core over the fake
+kernel, as the daemon builds it over the real one): the watcher holds what the manager
+changes and repairs through it; the testing-only receive buffer option; the Repaired
+signal as xfrmctl monitor shows it."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 from dbus_fast import Message
@@ -12,11 +11,14 @@ from dbus_fast import Message
 from fake_kernel import FakeKernel
 
 from xfrmid.cli import show
-from xfrmid.core.manager import Manager
-from xfrmid.core.watch import Watcher
-from xfrmid.daemon import _watcher, build_parser
+from xfrmid.daemon import _monitors, build_parser
 from xfrmid.kernel.events import Interest
-from xfrmid.settings import Settings
+from xfrmid.settings import Settings, StaticInterface
+
+
+@pytest.fixture
+def kernel():
+    return FakeKernel()
 
 
 def test_monitor_rcvbuf_is_hidden_and_checked(capsys):
@@ -31,61 +33,58 @@ def test_monitor_rcvbuf_is_hidden_and_checked(capsys):
         assert repr(bad) in capsys.readouterr().err
 
 
-def test_watcher_listens_and_holds(tmp_path):
-    manager = Manager(FakeKernel(), Settings(state_dir=str(tmp_path)))
-    watcher = _watcher(manager, None)
-    assert isinstance(watcher, Watcher)
-    assert watcher in manager._listeners
-    assert manager.hold == watcher.hold
-    # the full repair is the very method D-Bus Reconcile calls; one interface at a time otherwise
-    assert watcher.reconcile == manager.reconcile
-    assert watcher.reconcile_one == manager.reconcile_interface
-    with manager.hold((None, "ipsec1")):
-        assert watcher._held[(None, "ipsec1")] == 1
-    assert not watcher._held
-
-
-def test_watcher_monitors_get_the_testing_buffer(tmp_path):
-    manager = Manager(FakeKernel(), Settings(state_dir=str(tmp_path)))
-    watcher = _watcher(manager, 8192)
-    monitor = watcher._factory("blue", lambda ev: None, Interest())
+def test_watcher_monitors_get_the_testing_buffer():
+    monitor = _monitors(8192)("blue", lambda ev: None, Interest())
     assert monitor.rcvbuf == 8192 and monitor.netns == "blue"
+    assert _monitors(None)("blue", lambda ev: None, Interest()).rcvbuf != 8192
 
 
-async def test_runtime_netns_gets_a_monitor(tmp_path):
+async def test_a_call_is_held_while_it_changes_the_kernel(core, kernel):
+    held = []
+    create = kernel.create_link
+
+    async def create_link(netns, spec, **kw):
+        held.append(dict(core.watcher._held))
+        return await create(netns, spec, **kw)
+
+    kernel.create_link = create_link
+    await core.manager.attach("ipsec1", "conn")
+    assert held == [{(None, "ipsec1"): 1}]
+    assert not core.watcher._held
+
+
+async def test_a_reload_is_held_as_a_whole(core, kernel, settings):
+    held = []
+    create = kernel.create_link
+
+    async def create_link(netns, spec, **kw):
+        held.append(core.watcher._held_all)
+        return await create(netns, spec, **kw)
+
+    kernel.create_link = create_link
+    await core.manager.reload(Settings(state_dir=settings.state_dir,
+                                       static_interfaces=(StaticInterface(name="ipsec9"),)))
+    assert held == [1] and core.watcher._held_all == 0
+
+
+async def test_drift_is_repaired_through_the_manager(core, kernel):
+    await core.manager.attach("ipsec1", "conn")
+    await core.watcher.idle()  # the create's own events: no drift
+    assert core.watcher.repairs == core.watcher.reconciles == 0
+    await kernel.delete_link(None, "ipsec1")  # drift: the fake kernel sends the event
+    await core.watcher.idle()
+    assert core.watcher.repairs == 1 and core.watcher.reconciles == 0
+    assert "ipsec1" in kernel.ns[None].links
+    assert core.manager.get("ipsec1").ifindex == kernel.ns[None].links["ipsec1"].ifindex
+
+
+async def test_runtime_netns_gets_a_monitor(core, kernel):
     """An interface in a namespace the daemon did not use before: the watcher starts its monitor."""
-    started: list[str | None] = []
-
-    class Mon:
-        def __init__(self, netns, on_event, interest) -> None:
-            self.netns = netns
-
-        async def start(self) -> None:
-            started.append(self.netns)
-
-        async def close(self) -> None:
-            pass
-
-    kernel = FakeKernel()
     kernel.add_netns("blue")
-    manager = Manager(kernel, Settings(state_dir=str(tmp_path)))
-    watcher = Watcher(manager.reconcile, reconcile_one=manager.reconcile_interface, monitor_factory=Mon)
-    manager.subscribe(watcher)
-    manager.hold = watcher.hold
-    await manager.start()
-    watcher.set_interfaces(manager.interfaces())
-    await watcher.start()
-    try:
-        assert started == [None]
-        await manager.attach("ipsec5", "conn", netns="blue")
-        for _ in range(100):
-            if "blue" in started:
-                break
-            await asyncio.sleep(0.01)
-        assert started == [None, "blue"]
-    finally:
-        await watcher.stop()
-        await manager.stop()
+    assert [m.netns for m in kernel.monitors] == [None]
+    await core.manager.attach("ipsec5", "conn", netns="blue")
+    await core.watcher.monitors_started()
+    assert [m.netns for m in kernel.monitors] == [None, "blue"]
 
 
 def test_xfrmctl_monitor_shows_repairs():

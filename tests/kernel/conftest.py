@@ -3,6 +3,9 @@
 - ``netns``: a fresh, uniquely named network namespace per test, deleted after.
 - ``netns_factory``: more of them (``netns_factory()`` -> name).
 - ``kernel``: the real kernel backend (``xfrmid.kernel.open_kernel()``), closed after the test.
+- ``monitors``: the drift watcher's monitor factory the daemon uses (netlink monitors),
+  tapped: ``await monitors.barrier(netns)`` returns once the watcher has been fed every
+  event of that namespace caused before (monitor_util.TappedMonitors).
 - ``ip(...)`` / ``sh(...)``: run iproute2 (``ip -j`` output parsed from JSON).
 - ``two_netns``: two namespaces joined by a veth pair, addressed, up; see Topology.
 """
@@ -156,6 +159,13 @@ async def kernel():
         yield k
     finally:
         await k.close()
+
+
+@pytest.fixture
+def monitors():
+    from .monitor_util import TappedMonitors  # it imports this module's helpers
+
+    return TappedMonitors()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Helpers of the monitor/watcher kernel tests: an event catcher, unique names, measurements."""
+"""Helpers of the monitor/watcher kernel tests: an event catcher, the watcher's monitors
+tapped (to wait until it has been fed an event), unique names, measurements."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from xfrmid.kernel.events import Event, Interest
+from xfrmid.kernel.events import Event, Interest, LinkEvent
 from xfrmid.kernel.monitor import NetnsMonitor
 
 from .conftest import ip_run, link_json
@@ -73,6 +74,31 @@ class Catch:
         start = len(self.events)
         await asyncio.sleep(seconds)
         return [ev for _, ev in self.events[start:]]
+
+
+class TappedMonitors:
+    """The daemon's monitor factory (NetnsMonitor, one per namespace); every event a monitor
+    feeds the watcher is kept here too, so a test can wait until the watcher has been fed
+    everything up to a point (``barrier``) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.catch = Catch()
+
+    def __call__(self, netns: str | None, on_event: Callable[[Event], None], interest: Interest) -> NetnsMonitor:
+        def feed(ev: Event) -> None:
+            on_event(ev)
+            self.catch(ev)
+
+        return NetnsMonitor(netns, feed, interest)
+
+    async def barrier(self, netns: str | None, timeout: float = 30.0) -> None:
+        """Return once the watcher has been fed every event of ``netns`` caused before the call:
+        a foreign xfrm link made and deleted there is the last (netlink keeps the order)."""
+        name, if_id = unique_xfrm("xb")
+        add_xfrm(name, if_id, netns, up=False)
+        ip_run("link", "del", name, netns=netns)
+        await self.catch.wait(lambda ev: isinstance(ev, LinkEvent) and ev.deleted and ev.ifname == name
+                              and (ev.netns or None) == (netns or None), timeout)
 
 
 def ifindex(name: str, netns: str | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The call shortcuts of core/sync.py against the real kernel, with the watcher wired as
-the daemon wires it: an Attach of another owner on a healthy interface sends nothing to
+"""The call shortcuts (core/transaction.py, core/reconcile.py) against the real kernel, with
+the watcher wired as the daemon wires it (build_core): an Attach of another owner on a healthy interface sends nothing to
 the kernel and still persists; a link deleted by hand just before is back within 2 s;
 a fresh create whose name is taken meanwhile still adopts an identical foreign link and
 still raises Conflict for a different one."""
@@ -14,7 +14,6 @@ import pytest
 from xfrmid.core.manager import Manager
 from xfrmid.core.watch import Watcher
 from xfrmid.errors import Conflict, NotFound
-from xfrmid.settings import Settings
 
 from .conftest import ip, ip_run, link_exists, link_json
 
@@ -38,41 +37,31 @@ def count_calls(kernel) -> list[str]:
 
 
 @pytest.fixture
-async def wired(kernel, tmp_path, netns):
-    settings = Settings(state_dir=str(tmp_path / "state"))
-    manager = Manager(kernel, settings)
-    watcher = Watcher(manager.reconcile, reconcile_one=manager.reconcile_interface)
-    manager.subscribe(watcher)
-    manager.hold = watcher.hold
-    await manager.start()
-    watcher.set_interfaces(manager.published())
-    await watcher.start()
-    try:
-        yield manager, watcher, settings, netns
-    finally:
-        await watcher.stop()
-        await manager.stop()
+async def wired(core, settings, netns):
+    """The manager and its watcher as the daemon builds them (tests/conftest.py's ``core``)."""
+    return core.manager, core.watcher, settings, netns
 
 
-async def healthy(manager: Manager, watcher: Watcher, name: str, netns: str) -> None:
-    """An interface with one owner and an address, read after its namespace's monitor subscribed."""
+async def healthy(manager: Manager, watcher: Watcher, monitors, name: str, netns: str) -> None:
+    """An interface with one owner and an address, read after its namespace's monitor
+    subscribed, whose events the watcher has all judged."""
     await manager.attach(name, "conn-a", netns=netns)
     await manager.add_address(name, "conn-a", "198.51.100.1/24", netns=netns)
-    await watcher.idle()
-    await asyncio.sleep(0.05)  # the namespace's monitor subscribes in a task of its own
+    await watcher.monitors_started()  # the namespace's monitor subscribes in a task of its own
     assert watcher._since.get(netns) is not None
     await manager.reconcile_interface(name, netns)  # a read after the subscription
+    await monitors.barrier(netns)
     await watcher.idle()
 
 
-async def test_attach_of_another_owner_sends_nothing_and_persists(wired, kernel):
+async def test_attach_of_another_owner_sends_nothing_and_persists(wired, kernel, monitors):
     manager, watcher, settings, netns = wired
-    await healthy(manager, watcher, "ipsec1", netns)
+    await healthy(manager, watcher, monitors, "ipsec1", netns)
     calls = count_calls(kernel)
     result = await manager.attach("ipsec1", "conn-b", netns=netns)
     assert calls == []
     assert result.info.owners == ("conn-a", "conn-b")
-    assert manager._sync.shortcuts["unchanged"] == 1
+    assert manager.shortcuts["unchanged"] == 1
     # the Detach of one of two owners whose objects stay: nothing either
     assert await manager.detach("ipsec1", "conn-b", netns=netns) is False
     assert calls == []
@@ -86,9 +75,9 @@ async def test_attach_of_another_owner_sends_nothing_and_persists(wired, kernel)
         await again.stop()
 
 
-async def test_link_deleted_just_before_the_attach_is_back_within_2s(wired):
+async def test_link_deleted_just_before_the_attach_is_back_within_2s(wired, monitors):
     manager, watcher, _settings, netns = wired
-    await healthy(manager, watcher, "ipsec2", netns)
+    await healthy(manager, watcher, monitors, "ipsec2", netns)
     ip_run("link", "del", "ipsec2", netns=netns)
     await manager.attach("ipsec2", "conn-b", netns=netns)
     deadline = time.monotonic() + 2.0
@@ -124,7 +113,7 @@ async def test_fresh_create_without_a_read(wired, kernel):
     info = await manager.create_interface("ipsec3", netns=netns, addresses=["198.51.100.3/24"])
     assert calls == ["link", "create_link", "add_address"]
     assert info.owned and info.ifindex == link_json("ipsec3", netns)["ifindex"]
-    assert manager._sync.shortcuts["created"] == 1
+    assert manager.shortcuts["created"] == 1
 
 
 @pytest.mark.parametrize("race", [False, True], ids=["seen", "race"])
@@ -146,4 +135,4 @@ async def test_fresh_create_of_a_name_held_by_a_foreign_link(wired, kernel, race
         assert int(str(link_json("ipsec4", netns)["linkinfo"]["info_data"]["if_id"]), 0) == if_id
         with pytest.raises(NotFound):
             manager.get("ipsec4", netns)
-    assert manager._sync.shortcuts["created"] == 0
+    assert manager.shortcuts["created"] == 0

@@ -1,4 +1,4 @@
-"""The watcher wired to the real Manager and Kernel, as the daemon wires them:
+"""The watcher wired to the real Manager and Kernel as the daemon wires them (build_core):
 interference on managed objects is repaired within 2 s and reported through
 the listener's ``repaired``; xfrmid's own API calls cost no repair; foreign
 look-alikes are left alone."""
@@ -9,13 +9,11 @@ import asyncio
 import json
 import logging
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 
 from xfrmid.core.manager import Manager
 from xfrmid.core.watch import Watcher
-from xfrmid.settings import Settings
 
 from .conftest import ip, ip_run, link_exists
 from .monitor_util import record
@@ -40,37 +38,12 @@ class Repairs:
         self.seen.append((info.name, what))
 
 
-def hold_while_changing(manager: Manager, watcher: Watcher) -> None:
-    """What the lead's one-line hook in Manager._op does: hold the interface being changed."""
-    plain_op = manager._op
-
-    @asynccontextmanager
-    async def op(key):
-        async with plain_op(key):
-            with watcher.holding(*key):
-                yield
-
-    manager._op = op
-
-
 @pytest.fixture
-async def wired(kernel, tmp_path, netns, caplog):
+async def wired(core, netns, caplog):
     caplog.set_level(logging.DEBUG, logger="xfrmid")
-    manager = Manager(kernel, Settings(state_dir=str(tmp_path / "state")))
-    # the daemon's hooks, in the daemon's order
-    watcher = Watcher(manager.reconcile, reconcile_one=manager.reconcile_interface)
-    manager.subscribe(watcher)
-    hold_while_changing(manager, watcher)
     repairs = Repairs()
-    manager.subscribe(repairs)
-    await manager.start()
-    watcher.set_interfaces(manager.interfaces())
-    await watcher.start()
-    try:
-        yield manager, watcher, repairs, netns
-    finally:
-        await watcher.stop()
-        await manager.stop()
+    core.manager.subscribe(repairs)
+    return core.manager, core.watcher, repairs, netns
 
 
 async def promise(manager: Manager, netns: str) -> None:
@@ -107,24 +80,25 @@ async def kept(netns: str) -> dict[str, bool]:
     }
 
 
-async def settled(watcher: Watcher) -> None:
-    await asyncio.sleep(watcher.quiet * 3)
+async def settled(watcher: Watcher, monitors, netns: str) -> None:
+    """The watcher has been fed every event caused so far and has judged them all."""
+    await monitors.barrier(netns)
     await asyncio.wait_for(watcher.idle(), 10)
 
 
-async def test_own_calls_cost_no_repair(wired):
-    """With the Manager._op hook, xfrmid's own changes never look like drift."""
+async def test_own_calls_cost_no_repair(wired, monitors):
+    """Held by the watcher while they run, xfrmid's own changes never look like drift."""
     manager, watcher, repairs, netns = wired
     await promise(manager, netns)
-    await settled(watcher)
+    await settled(watcher, monitors, netns)
     assert all((await kept(netns)).values())
     assert (watcher.reconciles, watcher.repairs) == (0, 0), watcher.stats()
     await manager.remove_address(NAME, "conn", ADDR, netns=netns)
     await manager.remove_route(NAME, "conn", ROUTE, netns=netns)
-    await settled(watcher)
+    await settled(watcher, monitors, netns)
     assert (watcher.reconciles, watcher.repairs) == (0, 0), watcher.stats()
     await manager.detach(NAME, "conn", netns=netns)
-    await settled(watcher)
+    await settled(watcher, monitors, netns)
     # the peer rule going away is not attributable to an interface: one look at most
     assert watcher.repairs == 0 and watcher.reconciles <= 1, watcher.stats()
     assert repairs.seen == []
@@ -139,10 +113,10 @@ INTERFERENCE = [  # each leaves the next something to act on
 ]
 
 
-async def test_interference_is_repaired_within_2s(wired, caplog):
+async def test_interference_is_repaired_within_2s(wired, monitors, caplog):
     manager, watcher, repairs, netns = wired
     await promise(manager, netns)
-    await settled(watcher)
+    await settled(watcher, monitors, netns)
     for what, command, _check in INTERFERENCE:
         before = watcher.reconciles + watcher.repairs
         start = time.monotonic()
@@ -160,12 +134,12 @@ async def test_interference_is_repaired_within_2s(wired, caplog):
             raise AssertionError(f"{what}: repaired after {done - gone:.2f} s: {state}; {watcher.stats()}\n{logs}")
         record(f"repair_{what}_after_ip_returned_s", done - gone, "s")
         record(f"repair_{what}_after_ip_started_s", done - start, "s")
-        await settled(watcher)
+        await settled(watcher, monitors, netns)
     assert len(repairs.seen) >= len(INTERFERENCE) - 1, repairs.seen  # rule: repaired, maybe not per interface
     assert all(name == NAME for name, _ in repairs.seen)
 
 
-async def test_foreign_lookalikes_are_not_reverted(wired):
+async def test_foreign_lookalikes_are_not_reverted(wired, monitors):
     manager, watcher, repairs, netns = wired
     await promise(manager, netns)
     twin = NAME + "x"
@@ -174,15 +148,14 @@ async def test_foreign_lookalikes_are_not_reverted(wired):
     ip_run("link", "set", twin, "up", netns=netns)
     ip_run("route", "add", "192.0.2.128/25", "dev", twin, netns=netns)
     ip_run("rule", "add", "prio", "101", "to", "192.0.2.24/32", "lookup", "51", netns=netns)
-    await settled(watcher)
+    await settled(watcher, monitors, netns)
     before = watcher.stats()
     ip_run("rule", "del", "prio", "101", netns=netns)
     ip_run("route", "flush", "dev", twin, netns=netns)
     ip_run("addr", "flush", "dev", twin, netns=netns)
     ip_run("link", "set", twin, "down", netns=netns)
     ip_run("link", "del", twin, netns=netns)
-    await asyncio.sleep(1.0)
-    await settled(watcher)
+    await settled(watcher, monitors, netns)
     assert not link_exists(twin, netns)
     assert not [r for r in ip("rule", "show", netns=netns) if r.get("priority") == 101]
     assert (watcher.reconciles, watcher.repairs) == (before["reconciles"], before["repairs"])

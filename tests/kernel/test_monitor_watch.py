@@ -10,6 +10,7 @@ import pytest
 
 from xfrmid.core.views import InterfaceInfo
 from xfrmid.core.watch import Watcher
+from xfrmid.kernel.monitor import NetnsMonitor
 from xfrmid.kernel.objects import XFRMID_PROTO
 
 from .conftest import ip_run
@@ -60,7 +61,7 @@ async def watched(netns_factory):
     add_xfrm(name, if_id, where)
     setup_objects(where, name)
     stamps = Stamps()
-    watcher = Watcher(stamps)
+    watcher = Watcher(stamps, monitor_factory=NetnsMonitor)
     watcher.set_interfaces([InterfaceInfo(
         name=name, if_id=if_id, netns=where, ifindex=ifindex(name, where), link="", mtu=1500,
         external=False, operstate="up", owned=True, owners=("t",), addresses=("198.51.100.1/24",),

@@ -1,11 +1,24 @@
-"""The core: desired state, reference counting and plans. Never imports D-Bus.
+"""The core: desired state, reference counting, plans and drift repair. Never imports D-Bus,
+and of the kernel layer only its plain values (``kernel.objects``, ``kernel.events``);
+the kernel itself comes in as a ``KernelBackend``.
 
-- ``manager``: the public API (Manager), locks, listeners;
-- ``desired``: the refcounted desired state (pure) and its JSON form;
+Built by ``running.build_core`` (the composition root: the daemon and the test
+fixtures use it). Each module owns one thing:
+
+- ``manager``: the public API (Manager): argument checks, locks, lifecycle;
+- ``transaction``: one change, all or nothing (save, change, persist, apply, undo, publish);
+- ``reconcile``: the kernel made to match, for some interfaces or everywhere;
+- ``state``: the settings and desired state in force, and what follows from both;
+- ``desired``: the refcounted desired state (pure), its save points and JSON form;
+- ``seen``: what the kernel was last seen to hold per interface;
+- ``publish``: the listeners and the views last published to them;
+- ``views``: what adapters see of an interface (InterfaceInfo) and the listener protocol;
+- ``interfaces``: create-or-adopt decisions, CreateInterface's checks, configured interfaces;
 - ``routes_policy``: route requests -> kernel routes/rules (default split, peer pattern);
-- ``plan``: desired state + kernel dump -> actions (pure reconcile);
-- ``apply``: kernel snapshots and running actions; ``sync``: per-call and full reconcile;
-- ``interfaces``: create-or-adopt decisions for new interfaces; ``info``: InterfaceInfo views;
-- ``store``: the atomic state file; ``gate``: per-interface locks and the reconcile gate;
-- ``views``: what adapters see; ``watch``: netlink events -> debounced reconcile.
+- ``route_slots``: which interface holds each kernel route slot;
+- ``plan``: desired state + kernel view -> actions (pure); ``apply``: kernel reads and actions run;
+- ``store`` (+ ``append_file``): the state file, snapshot plus journal;
+- ``gate``: where calls wait (interface locks, the reconcile gate); ``timers``: linger timers;
+- ``guard``: the drift guard protocol; ``watch`` (+ ``drift``): netlink events -> debounced repair;
+- ``running``: the composition root (the manager and its watcher, wired).
 """

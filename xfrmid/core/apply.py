@@ -1,6 +1,6 @@
 """Side effects of a plan: run its actions through the KernelBackend, and take kernel snapshots.
 
-``adopt`` and ``conflict`` actions are decisions for the manager, not kernel
+``adopt`` and ``conflict`` actions are decisions the reconciler takes, not kernel
 operations, so they are skipped here.
 """
 
@@ -11,12 +11,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import InvalidArgument, NotFound, XfrmidError
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidArgument, NotFound, XfrmidError, where
 from ..journal import fields
-from ..kernel.backend import KernelBackend
-from .info import where
-from ..kernel.objects import LinkState, RouteSpec
 from .plan import Action, KernelView
+
+if TYPE_CHECKING:
+    from ..kernel.backend import KernelBackend
+    from ..kernel.objects import LinkState, RouteSpec
 
 log = logging.getLogger("xfrmid.core")
 
@@ -34,7 +37,10 @@ class ApplyResult:
 
 # Up to this many interfaces, addresses are read per interface (a dump the kernel
 # filters by ifindex each); beyond, one dump of the namespace's addresses is cheaper.
-FEW = 3
+ADDRESS_READS_MAX = 3
+# Up to this many links created by one plan are created one request each; more go to
+# the kernel in batches (create_links), are read back by one dump and logged in one line.
+SINGLE_CREATES_MAX = 3
 
 
 async def snapshot(
@@ -90,7 +96,7 @@ async def _whole(
     addresses: dict[str, frozenset[str]] = {}
     if "address" in parts:
         wanted = set(links) if names is None else names & set(links)
-        if len(wanted) > FEW:
+        if len(wanted) > ADDRESS_READS_MAX:
             by_index = await kernel.addresses_by_index(netns)
             for name in wanted:
                 addresses[name] = frozenset(by_index.get(links[name].ifindex, ()))
@@ -193,7 +199,7 @@ async def apply(
             while end < len(actions) and actions[end].op == action.op:
                 end += 1
             batch = actions[pos:end]
-            if action.op == "create_link" and len(batch) > FEW:
+            if action.op == "create_link" and len(batch) > SINGLE_CREATES_MAX:
                 # many creations: sent to the kernel in batches from a thread, and the
                 # new links read by one dump, not a get after each
                 try:
@@ -224,7 +230,7 @@ async def apply(
             result.done.append(done)
             if outcome is not None:
                 result.links[outcome.name] = outcome
-            if done.op == "create_link" and len(batch) > FEW:
+            if done.op == "create_link" and len(batch) > SINGLE_CREATES_MAX:
                 created.append(done)
             else:
                 log_done(done)
@@ -234,7 +240,7 @@ async def apply(
 
 def _log_created(created: list[Action]) -> None:
     """One line naming every interface a batch created (a line each cost a third of a
-    CreateInterfaces of a thousand, issue 6)."""
+    CreateInterfaces of a thousand)."""
     if created:
         netns = created[0].netns
         log.info("created %d interfaces%s: %s", len(created), f" in netns {netns}" if netns else "",

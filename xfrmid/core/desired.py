@@ -221,6 +221,15 @@ class DesiredInterface:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SavePoint:
+    """One interface's desired state and retired addresses, copied before a change."""
+
+    key: Key
+    iface: DesiredInterface | None
+    retired: set[str] | None
+
+
 @dataclass
 class DesiredState:
     """Every interface xfrmid keeps, plus the bookkeeping reconcile needs.
@@ -264,6 +273,22 @@ class DesiredState:
 
     def snapshot(self) -> "DesiredState":
         return copy.deepcopy(self)
+
+    def savepoint(self, key: Key) -> "SavePoint":
+        """What ``restore`` needs to undo any change of ``key`` (a call's save point)."""
+        current = self.interfaces.get(key)
+        retired = self.retired.get(key)
+        return SavePoint(key, None if current is None else current.copy(), None if retired is None else set(retired))
+
+    def restore(self, saved: "SavePoint") -> None:
+        """Put ``saved.key`` back as it was at the save point."""
+        self.remove(saved.key)
+        if saved.iface is not None:
+            self.put(saved.iface)
+        if saved.retired is None:
+            self.retired.pop(saved.key, None)
+        else:
+            self.retired[saved.key] = saved.retired
 
     # --- mutations (pure; the manager persists and applies) ----------------
 

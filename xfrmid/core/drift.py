@@ -30,9 +30,8 @@ from ..kernel.events import (
     RuleEvent,
 )
 from ..kernel.objects import XFRMID_PROTO
+from .desired import Key
 from .views import InterfaceInfo
-
-Key = tuple["str | None", str]  # (netns, name), netns None for the daemon's own
 
 
 def event_key(ev: Event) -> tuple:

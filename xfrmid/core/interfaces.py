@@ -1,19 +1,26 @@
-"""Deciding what a new desired interface is: create it (owned) or adopt the foreign one that exists."""
+"""What a call's interface is: its arguments checked, a new one created or adopted, a kept one
+deletable or not, and the configured ones merged in.
+
+``new_interface`` decides for a name not in the desired state yet: xfrmid
+creates the link (owned) unless a foreign xfrm link of that name agrees with
+the request, which is adopted (owned=False, never deleted by xfrmid).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import Conflict, InvalidArgument, KernelUnsupported, NotFound
-from ..naming import check_ifname, check_unique, derived_if_id, resolve
+from ..errors import Busy, Conflict, InvalidArgument, KernelUnsupported, NotFound, NotOwned, where
+from ..naming import check_ifname, check_u32, check_unique, derived_if_id, resolve
 from ..settings import Settings, StaticInterface
 from ..validate import check_netns, parse_interface_cidr
-from .desired import NO_ADDRESSES, DesiredInterface, DesiredState
-from .info import where
+from .desired import NO_ADDRESSES, DesiredInterface, DesiredState, Key
 
 if TYPE_CHECKING:
+    from ..kernel.backend import KernelBackend
+    from ..kernel.features import Features
     from ..kernel.objects import LinkState
-    from .manager import Manager
 
 MTU_MIN = 68  # the xfrm device's min_mtu (ETH_MIN_MTU)
 MTU_MAX = 65535  # its max_mtu (IP_MAX_MTU)
@@ -25,6 +32,81 @@ def check_mtu(mtu: object, name: str) -> int | None:
     if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
         raise InvalidArgument(f"MTU {mtu!r} of interface {name!r} is outside {MTU_MIN}..{MTU_MAX}.")
     return mtu
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """CreateInterface's arguments, checked."""
+
+    if_id: int
+    link: str | None
+    mtu: int | None
+    external: bool
+    cidrs: frozenset[str]
+
+
+def create_request(name: str, if_id: object, link: object, mtu: object, external: object,
+                   addresses: object) -> CreateRequest:
+    """CreateInterface's arguments for interface ``name`` checked (InvalidArgument names the bad one)."""
+    if_id = check_u32("if_id", if_id)
+    link = None if link in (None, "") else check_ifname(link)
+    mtu = check_mtu(mtu, name)
+    if not isinstance(external, bool):
+        raise InvalidArgument(f"Option external {external!r} is not a boolean.")
+    if isinstance(addresses, str):
+        raise InvalidArgument(f"Addresses {addresses!r} must be a list of addresses, not one string.")
+    return CreateRequest(if_id, link, mtu, external, frozenset(parse_interface_cidr(a) for a in addresses))
+
+
+CREATE_OPTIONS = ("addresses", "external", "link", "mtu")
+
+
+def create_requests(entries: object) -> dict[str, CreateRequest]:
+    """CreateInterfaces' entries (name, if_id, {link, mtu, external, addresses}) checked, by name."""
+    if isinstance(entries, (str, bytes)) or not all(isinstance(e, (tuple, list)) and len(e) == 3 for e in entries):
+        raise InvalidArgument(f"Interfaces {entries!r} must be a list of (name, if_id, options).")
+    wanted: dict[str, CreateRequest] = {}
+    for name, if_id, options in entries:
+        name = check_ifname(name)
+        unknown = set(options) - set(CREATE_OPTIONS)
+        if unknown:
+            raise InvalidArgument(f"Option {sorted(unknown)[0]!r} of interface {name!r} is not known to "
+                                  f"CreateInterfaces (known options: {', '.join(CREATE_OPTIONS)}).")
+        request = create_request(name, if_id, options.get("link"), options.get("mtu"),
+                                 options.get("external", False), options.get("addresses", ()))
+        if wanted.setdefault(name, request) != request:
+            raise InvalidArgument(f"Interface {name!r} is asked for twice, differently.")
+    return wanted
+
+
+def check_mtu_change(iface: DesiredInterface, mtu: int | None, fresh: bool, have: "LinkState | None") -> None:
+    """CreateInterface's MTU for ``iface`` (``fresh``: new to the desired state; ``have``: its
+    link as last seen): an adopted link keeps its own MTU, and a kept one is not changed."""
+    if mtu is None or mtu == iface.mtu:
+        return
+    name, at = iface.name, where(iface.netns)
+    if not iface.owned:
+        if have is None or have.mtu != mtu:
+            raise Conflict(f"Interface {name!r}{at} was not created by xfrmid; its MTU is not changed to {mtu}.")
+    elif iface.mtu is not None and not fresh:
+        raise Conflict(f"Interface {name!r}{at} exists with MTU {iface.mtu}, not {mtu}.")
+
+
+def check_deletable(iface: DesiredInterface | None, key: Key, force: bool) -> None:
+    """DeleteInterface may delete ``iface``: xfrmid created it, the configuration does not
+    declare it, and nobody is attached (unless ``force``)."""
+    netns, name = key
+    if iface is None:
+        raise NotFound(f"Interface {name!r} is not managed by xfrmid{where(netns)}.")
+    if not iface.owned:
+        raise NotOwned(f"Interface {name!r}{where(netns)} existed before xfrmid adopted it; "
+                       "xfrmid does not delete it.")
+    if iface.static:
+        raise Conflict(f"Interface {name!r}{where(netns)} is declared in the configuration file; "
+                       "remove it there and reload.")
+    if iface.owners and not force:
+        raise Busy(f"Interface {name!r}{where(netns)} is still attached by "
+                   f"{', '.join(sorted(iface.owners))}; detach them or use force.")
 
 
 def check_static(static: StaticInterface, settings: Settings) -> DesiredInterface:
@@ -58,8 +140,16 @@ def same_link(iface: DesiredInterface, if_id: int, link: str | None, external: b
         raise Conflict(f"Interface {name!r}{at} exists in {mode} mode.")
 
 
+class NewInterface(NamedTuple):
+    iface: DesiredInterface  # not in the desired state yet
+    free: bool  # the kernel just reported no link of that name: the create needs no read before
+
+
 async def new_interface(
-    manager: "Manager",
+    kernel: "KernelBackend",
+    settings: Settings,
+    desired: DesiredState,
+    features: "Features | None",
     netns: str | None,
     name: str,
     if_id: int,
@@ -68,7 +158,7 @@ async def new_interface(
     mtu: int | None = None,
     external: bool | None = None,
     known: "dict[str, LinkState] | None" = None,
-) -> DesiredInterface:
+) -> NewInterface:
     """The desired interface for a name not in the desired state yet (not stored here).
 
     A foreign xfrm link of that name is adopted (owned=False) when it agrees with the
@@ -76,17 +166,16 @@ async def new_interface(
     ``external`` None (Attach) accepts the existing link's mode. ``known``: the
     namespace's xfrm links from one dump just taken (a bulk call), instead of a get.
     """
-    policy = manager.settings.name_policy
+    policy = settings.name_policy
+    free = False
     if known is not None:
         have = known.get(name)  # absent, or not an xfrm device: as below
-        if have is None:
-            manager.note_absent((netns, name))
+        free = have is None
     else:
         try:
-            have = await manager.kernel.link(netns, name)  # one get, not a dump of the namespace
+            have = await kernel.link(netns, name)  # one get, not a dump of the namespace
         except NotFound:
-            have = None
-            manager.note_absent((netns, name))  # the call's sync need not read it again
+            have, free = None, True
         except InvalidArgument:
             have = None  # not an xfrm device (the create then says the name is taken)
     at = where(netns)
@@ -106,10 +195,9 @@ async def new_interface(
             ident = resolve(name, have.if_id, policy)
         if link is not None and link != have.link:
             raise Conflict(f"Interface {name!r}{at} exists with underlying device {have.link or 'none'}, not {link}.")
-        return DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=have.link,
-                                external=have.external, owned=False)
+        return NewInterface(DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=have.link,
+                                             external=have.external, owned=False), free)
     ident = resolve(name, if_id, policy)
-    features = manager.features
     if features is not None and not features.xfrm_interface:
         raise KernelUnsupported(features.explanation() or "This kernel has no XFRM interfaces.")
     if external and features is not None and not features.collect_md:
@@ -118,11 +206,11 @@ async def new_interface(
     if not external:
         # Desired interfaces holding the if_id; a foreign link holding it makes the
         # kernel refuse the create, which names the holder (Conflict).
-        taken = {i.name: i.if_id for i in manager.desired.with_if_id(netns, ident.if_id)
+        taken = {i.name: i.if_id for i in desired.with_if_id(netns, ident.if_id)
                  if i.name != name and not i.external}
         check_unique(ident, taken)
-    return DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=link, mtu=mtu,
-                            external=bool(external), owned=True)
+    return NewInterface(DesiredInterface(netns=netns, name=name, if_id=ident.if_id, link=link, mtu=mtu,
+                                         external=bool(external), owned=True), free)
 
 
 def merge_static(desired: DesiredState, settings: Settings) -> None:

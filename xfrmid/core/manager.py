@@ -1,12 +1,15 @@
-"""The manager: the core's public face, free of D-Bus.
+"""The manager: the core's public API (the calls of org.xfrmid1 and the lifecycle), free of D-Bus.
 
 Every mutating call follows one path: validate the arguments, take the
-interface's lock, change the desired state (pure), persist it, then sync the
-kernel for that interface with the same planner that reconcile uses. If the
-kernel refuses, the desired state is restored, persisted and synced again,
-and the typed error goes back to the caller. Listeners hear about every
-change afterwards.
+interfaces' locks (``gate.CallLocks``), describe the change of the desired
+state, and run it as a ``Transaction``: persisted, the kernel synced with the
+same planner a reconcile uses, everything undone when the kernel refuses what
+the call adds, listeners told afterwards. The manager builds its parts and
+owns the lifecycle (start, reload, stop); the parts own the state:
+``CoreState`` the settings and desired state, ``KernelSeen`` what the kernel
+was last seen to hold, ``Publisher`` the listeners and the views published.
 
+Choices where the contract is silent:
 Choices where the contract is silent:
 - Detach, RemoveAddress and RemoveRoute are idempotent: removing what is not
   held (an owner that is not attached, an unknown interface) succeeds and
@@ -27,50 +30,80 @@ Choices where the contract is silent:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import Busy, Conflict, InvalidArgument, NotFound, NotOwned, XfrmidError
-from ..naming import check_ifname, check_u32
+from ..errors import Conflict, InvalidArgument, NotFound, XfrmidError, where
+from ..naming import check_ifname
 from ..settings import Settings
 from ..validate import check_netns, parse_interface_cidr
 from .desired import DesiredInterface, DesiredState, Key, check_owner
-from .gate import Gate, KeyedLocks
-from .info import build_info, where
-from .interfaces import check_mtu, merge_static, new_interface, same_link
+from .gate import CallLocks
+from .guard import NO_GUARD, DriftGuard
+from .interfaces import (
+    CreateRequest,
+    check_deletable,
+    check_mtu_change,
+    create_request,
+    create_requests,
+    merge_static,
+    new_interface,
+    same_link,
+)
+from .publish import Publisher
+from .reconcile import Reconciler
 from .routes_policy import route_request
+from .seen import KernelSeen
+from .state import CoreState
 from .store import StateStore
 from .timers import KeyedTimers
-from .bulk_calls import BulkCalls
-from .sync import Syncer
+from .transaction import Transaction
 from .views import AttachResult, InterfaceInfo, ManagerListener
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from ..kernel.backend import KernelBackend
     from ..kernel.features import Features
     from ..kernel.objects import LinkState
 
 log = logging.getLogger("xfrmid.core")
 
+# Up to this many new names, CreateInterfaces asks the kernel about each with a get;
+# beyond, one dump of the namespace's xfrm links says which exist (to adopt).
+NAME_GETS_MAX = 3
 
-class Manager(BulkCalls):
-    def __init__(self, kernel: "KernelBackend", settings: Settings, store: StateStore | None = None) -> None:
+
+class Manager:
+    def __init__(self, kernel: "KernelBackend", settings: Settings, store: StateStore | None = None, *,
+                 guard: DriftGuard = NO_GUARD) -> None:
         self.kernel = kernel
-        self.settings = settings
         self.store = store if store is not None else StateStore.in_dir(settings.state_dir)
-        self.features: "Features | None" = None
-        self.desired = DesiredState()
-        self._sync = Syncer(self)
-        self._gate = Gate()
-        self._locks = KeyedLocks()
-        self._listeners: list[ManagerListener] = []
-        self._published: dict[Key, InterfaceInfo] = {}
+        self.features: "Features | None" = None  # probed by start()
+        self._state = CoreState(settings)
+        self._seen = KernelSeen()
+        self._publisher = Publisher(self._state, self._seen)
+        self._reconciler = Reconciler(kernel, self._state, self.store, self._seen, self._publisher, guard)
+        self._transaction = Transaction(self._state, self.store, self._reconciler, self._publisher)
+        self._locks = CallLocks(guard)
+        self._guard = guard
         self._linger = KeyedTimers(self._linger_expired)
-        # The drift watcher replaces this so xfrmid's own changes are not "repaired".
-        self.hold = lambda key=None: nullcontext()
+
+    @property
+    def settings(self) -> Settings:
+        return self._state.settings
+
+    @property
+    def desired(self) -> DesiredState:
+        return self._state.desired
+
+    @property
+    def shortcuts(self) -> "Counter[str]":
+        """How many changes took each shortcut ("unchanged", "created"; see transaction.py)."""
+        return self._transaction.shortcuts
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -78,34 +111,35 @@ class Manager(BulkCalls):
         """Probe the kernel, load the persisted promises and the static interfaces, reconcile."""
         self.features = await self.kernel.features()
         data = self.store.load()
-        self.desired = DesiredState.from_json(data) if data else DesiredState()
+        self._state.reset(DesiredState.from_json(data) if data else DesiredState())
         # The file's parsed tree (kilobytes per interface) freed now, not after the
-        # reconcile: what the reconcile keeps then reuses its memory (RSS, issue 6).
+        # reconcile: what the reconcile keeps then reuses its memory (RSS at start-up).
         del data
+        desired = self.desired
         # What the start changes before the reconcile: the configured interfaces (those
         # static before or after the merge) and lingering ones whose time is up. The rest
         # is as the store just read it, so only these are written (not all 10,000 again).
-        changed = {k for k, i in self.desired.interfaces.items() if i.static}
-        self._apply_static(self.settings)
-        changed |= {k for k, i in self.desired.interfaces.items() if i.static}
+        changed = {k for k, i in desired.interfaces.items() if i.static}
+        merge_static(desired, self.settings)
+        changed |= {k for k, i in desired.interfaces.items() if i.static}
         now = time.time()
-        for iface in list(self.desired.interfaces.values()):
+        for iface in list(desired.interfaces.values()):
             if iface.linger_until is not None and not iface.owners and not iface.pinned:
                 if iface.linger_until <= now:
-                    self.desired.drop(iface.key)
+                    desired.drop(iface.key)
                     changed.add(iface.key)
                 else:
                     self._linger.schedule(iface.key, iface.linger_until - now)
-        async with self._gate.exclusive():
-            await self.persist(changed)
-            counts = await self._sync.reconcile_all()
+        async with self._locks.everything():
+            await self.store.commit(desired, changed)
+            counts = await self._reconciler.reconcile_all()
         log.info("started: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
         return counts
 
     async def stop(self) -> None:
         """Wait for running calls, cancel linger timers. The kernel objects stay (they are promises);
         the kernel backend is not closed (its creator owns it)."""
-        async with self._gate.exclusive():
+        async with self._locks.everything():
             pass  # running calls are done now
         await self._linger.close()
         self.store.close()
@@ -115,54 +149,49 @@ class Manager(BulkCalls):
 
         A change of state_dir needs a restart and is ignored here.
         """
-        async with self._gate.exclusive():
-            old_settings, old_state = self.settings, self.desired.snapshot()
-            try:
-                self.settings = settings
-                self._apply_static(settings)
-                await self.persist()
-            except XfrmidError:
-                self.settings, self.desired = old_settings, old_state
-                raise
-            unconfigured = set(old_state.interfaces) - set(self.desired.interfaces)
-            await self._sync.reconcile_all(released=dict.fromkeys(unconfigured, "no longer configured"))
-
-    def _apply_static(self, settings: Settings) -> None:
-        merge_static(self.desired, settings)
+        state = self._state
+        # the reload's own changes are not drift; what it leaves is judged afterwards
+        with self._guard.hold():
+            async with self._locks.everything():
+                old_settings, old_desired = state.settings, state.desired.snapshot()
+                try:
+                    state.settings = settings
+                    merge_static(state.desired, settings)
+                    await self.store.commit(state.desired)
+                except XfrmidError:
+                    state.settings = old_settings
+                    state.reset(old_desired)
+                    raise
+                unconfigured = set(old_desired.interfaces) - set(state.desired.interfaces)
+                await self._reconciler.reconcile_all(released=dict.fromkeys(unconfigured, "no longer configured"))
 
     # --- queries -------------------------------------------------------------
 
     def subscribe(self, listener: ManagerListener) -> None:
-        self._listeners.append(listener)
+        self._publisher.subscribe(listener)
 
     def unsubscribe(self, listener: ManagerListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self._publisher.unsubscribe(listener)
 
     def interfaces(self) -> list[InterfaceInfo]:
-        """Every managed or adopted interface, sorted by namespace and name."""
+        """Every managed or adopted interface, sorted by namespace and name (each view built now)."""
         keys = sorted(self.desired.interfaces, key=lambda k: (k[0] or "", k[1]))
-        return [self.info(key) for key in keys]
+        return [self._publisher.info(key) for key in keys]
 
     def published(self) -> list[InterfaceInfo]:
         """The views last published to listeners, sorted like interfaces(): the same content
         once a call or reconcile is done, without building every view again (start-up)."""
-        keys = sorted(self._published, key=lambda k: (k[0] or "", k[1]))
-        return [self._published[key] for key in keys]
+        return self._publisher.published()
 
     def get(self, name: str, netns: str | None = None) -> InterfaceInfo:
         key = (check_netns(netns), check_ifname(name))
         if key not in self.desired.interfaces:
             raise NotFound(f"Interface {name!r} is not managed by xfrmid{where(key[0])}.")
-        return self.info(key)
-
-    def info(self, key: Key) -> InterfaceInfo:
-        return build_info(self.desired.interfaces[key], self._sync.links.get(key), self.settings)
+        return self._publisher.info(key)
 
     def view(self, key: Key) -> InterfaceInfo:
-        """``info(key)`` right after a change of ``key``, which published it (not built again)."""
-        published = self._published.get(key)
-        return published if published is not None else self.info(key)
+        """The view of ``key`` right after a change of it, which published it (not built again)."""
+        return self._publisher.view(key)
 
     def bound_callers(self) -> set[str]:
         """Bus unique names holding bind_to_caller references (check them after a restart)."""
@@ -189,82 +218,101 @@ class Manager(BulkCalls):
         Different if_id, underlying link, mode or MTU than the existing one: Conflict.
         """
         netns, name = check_netns(netns), check_ifname(name)
-        args = self._create_args(name, if_id, link, mtu, external, addresses)
+        request = create_request(name, if_id, link, mtu, external, addresses)
         key = (netns, name)
-        async with self._op(key):
-            await self._sync.change(key, await self._create_change(key, *args))
+        async with self._locks.one(key):
+            change, free = await self._create_change(key, request)
+            await self._transaction.run(netns, [name], change, free={name} if free else ())
             return self.view(key)
 
-    def _create_args(self, name: str, if_id: int, link: str | None, mtu: int | None, external: bool,
-                     addresses: Sequence[str]) -> tuple:
-        """create_interface's arguments checked: (if_id, link, mtu, external, cidrs)."""
-        check_u32("if_id", if_id)
-        link = None if link in (None, "") else check_ifname(link)
-        mtu = check_mtu(mtu, name)
-        if not isinstance(external, bool):
-            raise InvalidArgument(f"Option external {external!r} is not a boolean.")
-        if isinstance(addresses, str):
-            raise InvalidArgument(f"Addresses {addresses!r} must be a list of addresses, not one string.")
-        return if_id, link, mtu, external, frozenset(parse_interface_cidr(a) for a in addresses)
+    async def create_interfaces(self, entries: Sequence[tuple[str, int, dict]], *,
+                                netns: str | None = None) -> list[InterfaceInfo]:
+        """create_interface for many interfaces of one namespace in one change: each entry
+        (name, if_id, {link, mtu, external, addresses}). All or nothing: every entry is
+        checked first, and if the kernel refuses one, those this call created are removed."""
+        wanted = create_requests(entries)
+        netns = check_netns(netns)
+        names = sorted(wanted)
+        keys = [(netns, name) for name in names]
+        if not keys:
+            return []
+        async with self._locks.many(keys):
+            # Many new names: one dump of the namespace's xfrm links tells which exist
+            # (to adopt) instead of a get each (the sync dumps them the same way).
+            known = None
+            if sum(key not in self.desired.interfaces for key in keys) > NAME_GETS_MAX:
+                known = {state.name: state for state in await self.kernel.xfrm_links(netns)}
+            made = await asyncio.gather(*(self._create_change(key, wanted[key[1]], known) for key in keys))
 
-    async def _create_change(self, key: Key, if_id: int, link: str | None, mtu: int | None, external: bool,
-                             cidrs: frozenset[str], known: "dict[str, LinkState] | None" = None):
-        """The desired-state change that creates (or re-asserts) ``key``; the caller holds its lock.
-        ``known``: the namespace's xfrm links from one dump (see new_interface)."""
+            def change() -> None:
+                for one, _free in made:
+                    one()
+
+            free = {name for name, (_change, is_free) in zip(names, made) if is_free}
+            await self._transaction.run(netns, names, change, free=free)
+            return [self.view((netns, check_ifname(e[0]))) for e in entries]
+
+    async def _create_change(self, key: Key, request: CreateRequest,
+                             known: "dict[str, LinkState] | None" = None) -> tuple[Callable[[], None], bool]:
+        """The desired-state change that creates (or re-asserts) ``key``, and whether the kernel
+        just reported its name free; the caller holds its lock. ``known``: the namespace's
+        xfrm links from one dump (see new_interface)."""
         netns, name = key
+        mtu = request.mtu
         iface = self.desired.get(key)
-        fresh = iface is None
-        if fresh:
-            iface = await new_interface(self, netns, name, if_id, link=link, mtu=mtu, external=external, known=known)
+        fresh, free = iface is None, False
+        if iface is None:
+            iface, free = await new_interface(self.kernel, self.settings, self.desired, self.features, netns, name,
+                                              request.if_id, link=request.link, mtu=mtu, external=request.external,
+                                              known=known)
         else:
-            same_link(iface, if_id, link, external, self.settings)
-        if mtu is not None and mtu != iface.mtu:
-            if not iface.owned:
-                have = self._sync.links.get(key)
-                if have is None or have.mtu != mtu:
-                    raise Conflict(f"Interface {name!r}{where(netns)} was not created by xfrmid; "
-                                   f"its MTU is not changed to {mtu}.")
-            elif iface.mtu is not None and not fresh:
-                raise Conflict(f"Interface {name!r}{where(netns)} exists with MTU {iface.mtu}, not {mtu}.")
+            same_link(iface, request.if_id, request.link, request.external, self.settings)
+        check_mtu_change(iface, mtu, fresh, self._seen.link(key))
         # a link the get just found absent has no addresses
-        on_link = await self._addresses_on_link(key) if cidrs and key not in self._sync.absent else set()
+        on_link = await self._addresses_on_link(key) if request.cidrs and not free else set()
+        new = iface
 
         def change() -> None:
             if fresh:
-                self.desired.put(iface)
+                self.desired.put(new)
             current = self.desired.interfaces[key]
             current.explicit = True
             current.linger_until = None
             if mtu is not None and current.owned:
                 current.mtu = mtu
-            self.desired.hold_created(key, set(cidrs), on_link)
+            self.desired.hold_created(key, set(request.cidrs), on_link)
             self._linger.cancel(key)
 
-        return change
+        return change, free
 
     async def delete_interface(self, name: str, *, netns: str | None = None, force: bool = False) -> None:
         """Delete an interface xfrmid created. NotOwned if adopted, Busy while owners are attached unless force."""
         netns, name = check_netns(netns), check_ifname(name)
         key = (netns, name)
-        async with self._op(key):
-            self._check_deletable(key, force)
-            await self._sync.change(key, lambda: (self.desired.drop(key), self._linger.cancel(key)),
-                                    why="requested by DeleteInterface")
+        async with self._locks.one(key):
+            check_deletable(self.desired.get(key), key, force)
+            await self._transaction.run(netns, [name], lambda: self._drop([key]), why="requested by DeleteInterface")
 
-    def _check_deletable(self, key: Key, force: bool) -> None:
-        netns, name = key
-        iface = self.desired.get(key)
-        if iface is None:
-            raise NotFound(f"Interface {name!r} is not managed by xfrmid{where(netns)}.")
-        if not iface.owned:
-            raise NotOwned(f"Interface {name!r}{where(netns)} existed before xfrmid adopted it; "
-                           "xfrmid does not delete it.")
-        if iface.static:
-            raise Conflict(f"Interface {name!r}{where(netns)} is declared in the configuration file; "
-                           "remove it there and reload.")
-        if iface.owners and not force:
-            raise Busy(f"Interface {name!r}{where(netns)} is still attached by "
-                       f"{', '.join(sorted(iface.owners))}; detach them or use force.")
+    async def delete_interfaces(self, names: Sequence[str], *, netns: str | None = None, force: bool = False) -> None:
+        """delete_interface for many interfaces of one namespace in one change (one journal
+        write, one kernel read, the links deleted in one batch). Every interface is checked
+        before any is deleted: one that may not be deleted fails the call and nothing changes."""
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise InvalidArgument(f"Names {names!r} must be a list of interface names.")
+        netns = check_netns(netns)
+        chosen = sorted({check_ifname(n) for n in names})
+        keys = [(netns, name) for name in chosen]
+        if not keys:
+            return
+        async with self._locks.many(keys):
+            for key in keys:
+                check_deletable(self.desired.get(key), key, force)
+            await self._transaction.run(netns, chosen, lambda: self._drop(keys), why="requested by DeleteInterfaces")
+
+    def _drop(self, keys: list[Key]) -> None:
+        for key in keys:
+            self.desired.drop(key)
+            self._linger.cancel(key)
 
     # --- attachments -----------------------------------------------------------
 
@@ -279,19 +327,21 @@ class Manager(BulkCalls):
         if caller is not None and (not isinstance(caller, str) or not caller):
             raise InvalidArgument(f"Caller {caller!r} is not a bus name.")
         key = (netns, name)
-        async with self._op(key):
+        async with self._locks.one(key):
             iface = self.desired.get(key)
-            fresh = iface is None
-            if fresh:
-                iface = await new_interface(self, netns, name, 0)
+            fresh, free = iface is None, False
+            if iface is None:
+                iface, free = await new_interface(self.kernel, self.settings, self.desired, self.features,
+                                                  netns, name, 0)
+            new = iface
 
             def change() -> None:
                 if fresh:
-                    self.desired.put(iface)
+                    self.desired.put(new)
                 self.desired.attach(key, owner, caller)
                 self._linger.cancel(key)
 
-            await self._sync.change(key, change)
+            await self._transaction.run(netns, [name], change, free={name} if free else ())
             info = self.view(key)
             return AttachResult(info=info, if_id=info.if_id, mark=info.mark, mask=info.mask)
 
@@ -302,7 +352,7 @@ class Manager(BulkCalls):
         """
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         key = (netns, name)
-        async with self._op(key):
+        async with self._locks.one(key):
             return await self._detach_locked(key, owner)
 
     async def _detach_locked(self, key: Key, owner: str) -> bool:
@@ -323,7 +373,7 @@ class Manager(BulkCalls):
                 self.desired.drop(key)
                 outcome["deleted"] = iface.owned
 
-        await self._sync.change(key, change, why=f"its last owner {owner} detached")
+        await self._transaction.run(key[0], [key[1]], change, why=f"its last owner {owner} detached")
         return outcome["deleted"]
 
     async def caller_vanished(self, caller: str) -> None:
@@ -336,7 +386,7 @@ class Manager(BulkCalls):
         ]
         for key, owner in held:
             try:
-                async with self._op(key):
+                async with self._locks.one(key):
                     iface = self.desired.get(key)
                     if iface is not None and owner in iface.owners and iface.owners[owner].caller == caller:
                         log.info("released %s on %s: bus client %s went away", owner, key[1], caller)
@@ -360,21 +410,23 @@ class Manager(BulkCalls):
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         cidr = parse_interface_cidr(cidr)
         key = (netns, name)
-        async with self._op(key):
+        async with self._locks.one(key):
             self._holder(key, owner)
             on_link = await self._addresses_on_link(key)
-            await self._sync.change(key, lambda: self.desired.add_address(key, owner, cidr, on_link=cidr in on_link))
+            await self._transaction.run(
+                netns, [name], lambda: self.desired.add_address(key, owner, cidr, on_link=cidr in on_link))
 
     async def remove_address(self, name: str, owner: str, cidr: str, *, netns: str | None = None) -> None:
         """Owner lets go of ``cidr``; the kernel loses it when no holder is left. Not held: no-op."""
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         cidr = parse_interface_cidr(cidr)
         key = (netns, name)
-        async with self._op(key):
+        async with self._locks.one(key):
             iface = self.desired.get(key)
-            if iface is None or cidr not in iface.owners.get(owner, _NOBODY).addresses:
+            holder = iface.owners.get(owner) if iface is not None else None
+            if holder is None or cidr not in holder.addresses:
                 return
-            await self._sync.change(key, lambda: self.desired.remove_address(key, owner, cidr))
+            await self._transaction.run(netns, [name], lambda: self.desired.remove_address(key, owner, cidr))
 
     async def add_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                         table: int | None = None, src: str | None = None, metric: int | None = None,
@@ -383,18 +435,18 @@ class Manager(BulkCalls):
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         request = route_request(destination, table=table, src=src, metric=metric, peer=peer)
         key = (netns, name)
-        async with self._op(key):
+        async with self._locks.one(key):
             self._holder(key, owner)
 
             def change() -> None:
                 if self.desired.add_route(key, owner, request):
                     try:
-                        self._sync.check_routes(key)
+                        self._state.check_routes(key)
                     except Conflict:
                         self.desired.remove_route(key, owner, request)
                         raise
 
-            await self._sync.change(key, change)
+            await self._transaction.run(netns, [name], change)
 
     async def remove_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                            table: int | None = None, src: str | None = None, metric: int | None = None,
@@ -403,45 +455,27 @@ class Manager(BulkCalls):
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         pattern = route_request(destination, table=table, src=src, metric=metric, peer=peer)
         key = (netns, name)
-        async with self._op(key):
+        async with self._locks.one(key):
             iface = self.desired.get(key)
-            held = iface.owners.get(owner, _NOBODY).routes if iface is not None else set()
-            if not any(r.matches(pattern) for r in held):
+            holder = iface.owners.get(owner) if iface is not None else None
+            if holder is None or not any(r.matches(pattern) for r in holder.routes):
                 return
-            await self._sync.change(key, lambda: self.desired.remove_route(key, owner, pattern))
+            await self._transaction.run(netns, [name], lambda: self.desired.remove_route(key, owner, pattern))
 
     # --- reconcile -------------------------------------------------------------
 
     async def reconcile(self) -> dict[str, int]:
         """Compare kernel and desired state now and repair; counts created/repaired/adopted/removed."""
-        async with self._gate.exclusive():
-            return await self._sync.reconcile_all()
+        async with self._locks.everything():
+            return await self._reconciler.reconcile_all()
 
     async def reconcile_interface(self, name: str, netns: str | None = None) -> dict[str, int]:
-        """Reconcile one interface only (for the event monitor: cheap, other interfaces not blocked)."""
+        """Reconcile one interface only (for the drift watcher: cheap, other interfaces not blocked)."""
         key = (check_netns(netns), check_ifname(name))
-        async with self._op(key):
-            return await self._sync.reconcile_one(key)
+        async with self._locks.one(key):
+            return await self._reconciler.reconcile_one(key)
 
-    # --- plumbing ----------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _op(self, key: Key):
-        async with self._gate.shared():
-            async with self._locks(key):
-                try:
-                    with self.hold(key):
-                        yield
-                finally:
-                    self._sync.absent.discard(key)  # a read is trusted only within its call
-
-    def note_absent(self, key: Key) -> None:
-        """A get just found no link named ``key`` (new_interface): the call's create needs no read."""
-        self._sync.absent.add(key)
-
-    async def persist(self, keys: "set[Key] | None" = None) -> None:
-        """Make the desired state durable: the interfaces ``keys`` changed (None: everything)."""
-        await self.store.commit(self.desired, keys)
+    # --- helpers -------------------------------------------------------------------
 
     async def _addresses_on_link(self, key: Key) -> set[str]:
         try:
@@ -449,46 +483,15 @@ class Manager(BulkCalls):
         except NotFound:
             return set()
 
-    def publish(self, key: Key) -> None:
-        """Tell listeners what changed for ``key`` since the last time."""
-        old = self._published.get(key)
-        new = self.info(key) if key in self.desired.interfaces else None
-        if new == old:
-            return
-        if new is None:
-            del self._published[key]
-            self._notify("interface_removed", old)
-        else:
-            self._published[key] = new
-            self._notify("interface_added" if old is None else "interface_changed", new)
-
-    def notify_repaired(self, key: Key, what: str) -> None:
-        if key in self.desired.interfaces:
-            self._notify("repaired", self.info(key), what)
-
-    def _notify(self, event: str, *args: object) -> None:
-        for listener in list(self._listeners):
-            try:
-                getattr(listener, event)(*args)
-            except Exception:  # a broken listener must not break the core
-                log.exception("listener %r failed on %s", listener, event)
-
     async def _linger_expired(self, key: Key) -> None:
-        async with self._op(key):
+        async with self._locks.one(key):
             iface = self.desired.get(key)
             if iface is None or iface.owners or iface.pinned or iface.linger_until is None:
                 return
             log.info("interface %s unused for %s s: deleting it", key[1], self.settings.linger)
             try:
-                await self._sync.change(key, lambda: self.desired.drop(key),
-                                        why=f"unused for {self.settings.linger} s")
+                await self._transaction.run(key[0], [key[1]], lambda: self.desired.drop(key),
+                                            why=f"unused for {self.settings.linger} s")
             except XfrmidError as exc:
                 log.warning("deleting unused interface %s failed: %s", key[1], exc)
 
-
-class _Nobody:
-    addresses: frozenset = frozenset()
-    routes: frozenset = frozenset()
-
-
-_NOBODY = _Nobody()

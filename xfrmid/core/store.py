@@ -36,11 +36,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import Failed
 from ..job_thread import JobThread
 from .append_file import AppendFile, write_all
+
+if TYPE_CHECKING:
+    from .desired import Key
 
 log = logging.getLogger("xfrmid.core")
 
@@ -54,8 +57,6 @@ COMPACT_MIN = 1 << 20  # journal bytes below which it is never compacted
 # gets the thread, so the loop never waits on it; compactions always do.
 INLINE_APPEND_S = 0.002
 WRITER = JobThread("xfrmid-state-writer")  # one per process: the daemon has one store
-
-Key = tuple  # (netns or None, interface name)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 

@@ -1,9 +1,21 @@
-"""Read-only views the core hands to its adapters (D-Bus, CLI, tests)."""
+"""What the core shows of an interface: the read-only views it hands to its adapters
+(D-Bus, CLI, tests), how one is built, and the listener protocol adapters implement
+to hear about changes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import InvalidArgument
+from ..naming import output_mark
+
+if TYPE_CHECKING:
+    from ..kernel.objects import LinkState
+    from .desired import DesiredInterface
+    from .routes_policy import PeerPolicy
+
+ABSENT = "absent"  # OperState of an interface whose link is missing (until reconcile recreates it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +57,28 @@ class ManagerListener(Protocol):
     def interface_changed(self, info: InterfaceInfo) -> None: ...
     def interface_removed(self, info: InterfaceInfo) -> None: ...
     def repaired(self, info: InterfaceInfo, what: str) -> None: ...
+
+
+def build_info(iface: "DesiredInterface", link: "LinkState | None", mask: int, peer: "PeerPolicy") -> InterfaceInfo:
+    """The view of a desired interface, with what the kernel was last seen to hold (``link``)."""
+    try:
+        mark, shown_mask = output_mark(iface.if_id, mask)
+    except InvalidArgument:  # the mask was narrowed by a reload: show it as it is
+        mark, shown_mask = iface.if_id & mask, mask
+    routes, _ = iface.kernel_routes(mask, peer) if mark == iface.if_id else (set(), set())
+    return InterfaceInfo(
+        name=iface.name,
+        if_id=iface.if_id,
+        netns=iface.netns or "",
+        ifindex=link.ifindex if link else 0,
+        link=(iface.link or (link.link if link else None)) or "",
+        mtu=link.mtu if link else (iface.mtu or 0),
+        external=iface.external,
+        operstate=link.operstate if link else ABSENT,
+        owned=iface.owned,
+        owners=tuple(sorted(iface.owners)),
+        addresses=tuple(sorted(iface.addresses())),
+        routes=tuple(sorted((r.dst, r.table, r.src or "") for r in routes)),
+        mark=mark,
+        mask=shown_mask,
+    )

@@ -16,8 +16,10 @@ last event per object counts, so a link created down and then set up by
 xfrmid is not mistaken for drift.
 
 It learns what is managed from the manager's listener calls (it implements
-``ManagerListener``), and never raises into its caller: failures of the
-reconcile are logged and retried with backoff.
+``ManagerListener``), is the manager's drift guard (``guard.DriftGuard``:
+``hold`` and ``vouches``), and never raises into its caller: failures of the
+reconcile are logged and retried with backoff. The monitors come from the
+injected ``monitor_factory`` (the daemon's: ``kernel.monitor.NetnsMonitor``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
+from ..errors import XfrmidError
 from ..kernel.events import AddressEvent, Event, Interest, LinkEvent, ResyncEvent
+from .desired import Key
 from .drift import Managed, event_key
 from .views import InterfaceInfo
 
@@ -47,17 +51,19 @@ JUDGE_CHUNK = 2000  # events judged between two yields to the event loop
 
 
 class Monitor(Protocol):
+    """The events of one namespace, delivered to the ``on_event`` it was made with."""
+
+    @property
+    def running(self) -> bool:
+        """Subscribed and reading: no event is lost without a ResyncEvent."""
+        ...
+
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
 
+# (namespace, on_event, the namespace's Interest) -> its monitor, not started yet
 MonitorFactory = Callable[[str | None, Callable[[Event], None], Interest], Monitor]
-
-
-def _default_factory(netns: str | None, on_event: Callable[[Event], None], interest: Interest) -> Monitor:
-    from ..kernel.monitor import NetnsMonitor
-
-    return NetnsMonitor(netns, on_event, interest)
 
 
 def _label(netns: str | None) -> str:
@@ -74,7 +80,7 @@ class Watcher:
         reconcile_one: ReconcileOne | None = None,
         quiet: float = QUIET,
         max_delay: float = MAX_DELAY,
-        monitor_factory: MonitorFactory = _default_factory,
+        monitor_factory: MonitorFactory,
         judge: bool = True,
     ) -> None:
         self.reconcile = reconcile
@@ -97,8 +103,9 @@ class Watcher:
         self._runner: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._busy = False
+        self._ran = asyncio.Event()  # set after every turn of the runner (idle() waits for it)
         self._started = False
-        self._held: Counter[tuple[str | None, str]] = Counter()  # interfaces xfrmid is changing
+        self._held: Counter[Key] = Counter()  # interfaces xfrmid is changing
         self._held_all = 0
         self._cost = 0.0  # seconds the last repair took
         # loop time since when each namespace's monitor is subscribed; -inf for those
@@ -152,17 +159,24 @@ class Watcher:
 
     async def _idle_runner(self) -> None:
         while self._busy:
-            await asyncio.sleep(0.01)
+            self._ran.clear()
+            await self._ran.wait()
+
+    async def monitors_started(self) -> None:
+        """Wait until every monitor asked for so far has started (or failed to)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def idle(self) -> None:
         """Wait until no events are pending and no reconcile runs (tests, benchmarks)."""
         while self._pending or self._overflow or self._busy or self._due.is_set() or self._retry:
-            await asyncio.sleep(min(self.quiet, 0.02))
+            self._ran.clear()
+            await self._ran.wait()
 
     # Scanning more pending events than this to clear one interface costs more than a read.
     VOUCH_SCAN = 64
 
-    def vouches(self, key: tuple[str | None, str], ifindex: int, since: float | None) -> bool:
+    def vouches(self, key: Key, ifindex: int, since: float | None) -> bool:
         """Whether drift of managed interface ``key`` since ``since`` (loop time of the
         kernel state the caller holds, link ``ifindex``) would be in the watcher's hands.
 
@@ -173,14 +187,14 @@ class Watcher:
         judged drift), no repair is waiting for a retry, and no pending event may
         concern it: an event on another interface is fine; on it, or on a route, a
         rule, or a lost stream in its namespace, is not. Events still in the socket
-        are a race no read closes (see ``Syncer._vouched``).
+        are a race no read closes (see ``Reconciler.vouched``).
         """
         netns = key[0] or None
         monitor = self._monitors.get(netns)
         started = self._since.get(netns)
         if not self._started or monitor is None or started is None or since is None or since < started:
             return False
-        if not getattr(monitor, "running", True) or self._retry or self._overflow:
+        if not monitor.running or self._retry or self._overflow:
             return False
         info = self._managed.infos.get((netns, key[1]))
         if info is None or info.ifindex != ifindex or ifindex <= 0:
@@ -233,7 +247,7 @@ class Watcher:
                 if self._held[key] <= 0:
                     del self._held[key]
 
-    def hold(self, key: tuple[str | None, str] | None = None):
+    def hold(self, key: Key | None = None) -> AbstractContextManager[None]:
         """``holding`` for the manager's key type: (netns, name), or None for everything."""
         return self.holding() if key is None else self.holding(key[0], key[1])
 
@@ -368,6 +382,7 @@ class Watcher:
                 self._busy = False
             if self._timer is None:
                 self._tick()  # events that came during the reconcile
+            self._ran.set()
 
     async def _burst(self, events: list[Event], overflow: bool, retry: bool) -> None:
         self.bursts += 1
@@ -409,7 +424,7 @@ class Watcher:
             self.failures += 1
             self._retry_handle = asyncio.get_running_loop().call_later(self._backoff, self._retry_now)
             log.error("repair after kernel changes failed (%s); retrying in %.0f s", exc, self._backoff,
-                      exc_info=not _is_xfrmid_error(exc))
+                      exc_info=not isinstance(exc, XfrmidError))
             self._backoff = min(self._backoff * 2, RETRY_MAX)
             return
         self._cost = asyncio.get_running_loop().time() - started
@@ -435,11 +450,11 @@ class Watcher:
                 rest.append(ev)
         return rest
 
-    def _targets(self, drift: list[Event]) -> set[tuple[str | None, str]] | None:
+    def _targets(self, drift: list[Event]) -> set[Key] | None:
         """The interfaces the drift is about, when there are few and all are known; else None."""
         if self.reconcile_one is None:
             return None
-        targets: set[tuple[str | None, str]] = set()
+        targets: set[Key] = set()
         for ev in drift:
             target = self._managed.target(ev)
             if target is None:
@@ -449,7 +464,7 @@ class Watcher:
                 return None
         return targets
 
-    async def _repair_each(self, targets: set[tuple[str | None, str]]) -> dict[str, int]:
+    async def _repair_each(self, targets: set[Key]) -> dict[str, int]:
         assert self.reconcile_one is not None
         totals: dict[str, int] = {}
         for netns, name in sorted(targets, key=lambda k: (k[0] or "", k[1])):
@@ -468,9 +483,3 @@ class Watcher:
             for key, value in (counts or {}).items():
                 totals[key] = totals.get(key, 0) + value
         return totals
-
-
-def _is_xfrmid_error(exc: BaseException) -> bool:
-    from ..errors import XfrmidError
-
-    return isinstance(exc, XfrmidError)
