@@ -1,7 +1,9 @@
 """Watcher: debounce, coalescing, max delay, drift judgement, resync, resilience.
 
 Pure logic: a fake monitor factory, events fed by hand; the kernel side is
-tested in the VM (tests/kernel/test_monitor_*.py).
+tested in the VM (tests/kernel/test_monitor_*.py). Every test runs on a
+virtual clock (virtual_clock.py): time passes only while the loop waits, so
+the timings asserted are the watcher's own, never the machine's load.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -16,6 +19,8 @@ from xfrmid.core.views import InterfaceInfo
 from xfrmid.core.watch import COST_FACTOR, Watcher
 from xfrmid.errors import Failed, NotFound
 from xfrmid.kernel.events import AddressEvent, LinkEvent, ResyncEvent, RouteEvent, RuleEvent
+
+from virtual_clock import on_virtual_clock
 
 QUIET = 0.03
 MAX_DELAY = 0.15
@@ -36,16 +41,17 @@ def link(name="ipsec1", ifindex=10, *, netns=None, deleted=False, up=True, mtu=1
 class FakeMonitor:
     def __init__(self, registry, netns, on_event, interest, fail=False):
         self.netns, self.on_event, self.interest, self.fail = netns, on_event, interest, fail
-        self.started = self.closed = False
+        self.started = self.closed = self.running = False
         registry[netns] = self
 
     async def start(self):
         self.started = True
         if self.fail:
             raise NotFound(f"Network namespace {self.netns!r} does not exist.")
+        self.running = True
 
     async def close(self):
-        self.closed = True
+        self.closed, self.running = True, False
 
 
 class Recorder:
@@ -70,8 +76,9 @@ class Recorder:
         return {"created": 0, "repaired": 1, "adopted": 0, "removed": 0}
 
 
-@pytest.fixture
-async def env():
+@asynccontextmanager
+async def watching():
+    """A started watcher over fake monitors, managing ipsec1; (watcher, reconcile, monitors, missing)."""
     rec = Recorder()
     monitors: dict = {}
     missing: set = set()
@@ -82,15 +89,21 @@ async def env():
     w = Watcher(rec, quiet=QUIET, max_delay=MAX_DELAY, monitor_factory=factory)
     w.set_interfaces([info(addresses=("10.1.0.1/24", "2001:db8::1/64"), routes=(("10.2.0.0/16", 254, ""),))])
     await w.start()
-    yield w, rec, monitors, missing
-    await w.stop()
+    try:
+        yield w, rec, monitors, missing
+    finally:
+        await w.stop()
+
+
+watched = on_virtual_clock(watching)
 
 
 async def settle(w: Watcher) -> None:
-    await asyncio.sleep(QUIET * 2)
+    """Until the events fed so far are judged and what they call for is done."""
     await asyncio.wait_for(w.idle(), 5)
 
 
+@watched
 async def test_burst_of_thousands_costs_one_reconcile(env):
     w, rec, *_ = env
     for i in range(5000):
@@ -100,6 +113,7 @@ async def test_burst_of_thousands_costs_one_reconcile(env):
     assert w.events == 5000 and w.bursts == 1
 
 
+@watched
 async def test_many_objects_in_one_burst_coalesce(env):
     w, rec, *_ = env
     for i in range(3000):
@@ -110,51 +124,40 @@ async def test_many_objects_in_one_burst_coalesce(env):
 
 
 class Storm:
-    """Events fed back to back (every QUIET/4) on the loop's clock.
-
-    A loaded machine can stretch a sleep beyond QUIET: the burst may then end
-    there, legitimately. The storm counts such ``gaps`` and remembers when
-    it fed, so the tests judge the watcher, not the machine's load.
-    """
+    """Events fed back to back, one every QUIET/4 of loop time: never quiet for QUIET."""
 
     def __init__(self, w: Watcher) -> None:
         self.w = w
-        self.fed: list[float] = []
-        self.gaps = 0
-        self.took = 0.0
+        self.start = self.end = 0.0
 
-    async def run(self, seconds: float, until=lambda: True, limit: float = 10.0) -> None:
-        """Feed for ``seconds`` of loop time and then until ``until()`` (at most ``limit`` s)."""
+    async def run(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        while loop.time() < start + seconds or (not until() and loop.time() < start + limit):
+        self.start = loop.time()
+        while loop.time() < self.start + seconds:
             self.w.feed(link(up=False))
-            now = loop.time()
-            if self.fed and now - self.fed[-1] >= QUIET:
-                self.gaps += 1
-            self.fed.append(now)
             await asyncio.sleep(QUIET / 4)
-        self.took = loop.time() - start
+        self.end = loop.time()
 
-    def forced(self, times: list[float]) -> int:
-        """Calls made while events kept coming (no quiet before them): forced by max_delay."""
-        return sum(1 for t in times if any(0 <= t - f < QUIET for f in self.fed)
-                   and self.fed[0] <= t <= self.fed[-1])
+    def during(self, times: list[float]) -> list[float]:
+        """The calls that started while the storm went on (since its start)."""
+        return [t - self.start for t in times if t < self.end]
 
 
+@watched
 async def test_continuous_storm_still_reconciles_every_max_delay(env):
     w, rec, *_ = env
     storm = Storm(w)
-    # 0.6 s of storm, longer if the machine is so loaded that max_delay has not forced two yet
-    await storm.run(0.6, until=lambda: storm.forced(rec.times) >= 2)
-    first = rec.calls
+    await storm.run(0.65)
     await settle(w)
-    # reconciles while the storm never went quiet: not none, and about one per max_delay
-    assert storm.forced(rec.times) >= 2, (rec.times, storm.gaps)
-    assert first <= storm.took / MAX_DELAY + 1 + storm.gaps, (first, storm.took, storm.gaps)
-    assert rec.calls <= first + 1
+    # while the storm never went quiet: one reconcile per max_delay, from its first event on
+    during = storm.during(rec.times)
+    assert len(during) == 4, during
+    assert during[0] == pytest.approx(MAX_DELAY, abs=0.001)
+    assert all(b - a == pytest.approx(MAX_DELAY, abs=QUIET / 4 + 0.001) for a, b in zip(during, during[1:])), during
+    assert rec.calls == len(during) + 1, rec.times  # and one for the storm's tail once it is quiet
 
 
+@watched
 async def test_quiet_single_event_is_prompt(env):
     """The reconcile starts within a few loop iterations of the quiet period's end
     (counted in iterations, not seconds: a loaded machine delays both alike)."""
@@ -171,6 +174,7 @@ async def test_quiet_single_event_is_prompt(env):
     assert rec.started.is_set()
 
 
+@watched
 async def test_resync_logs_and_counts(env, caplog):
     w, rec, *_ = env
     caplog.set_level(logging.INFO, logger="xfrmid.watch")
@@ -181,6 +185,7 @@ async def test_resync_logs_and_counts(env, caplog):
     assert "netlink overrun in netns 'blue'; resynchronising" in caplog.text
 
 
+@watched
 async def test_namespace_replaced_resyncs(env, caplog):
     w, rec, *_ = env
     caplog.set_level(logging.INFO, logger="xfrmid.watch")
@@ -204,6 +209,7 @@ async def test_namespace_replaced_resyncs(env, caplog):
     ],
     ids=["link-del", "link-down", "mtu", "renamed", "name-taken", "addr4-del", "addr6-del", "route-del", "rule-del"],
 )
+@watched
 async def test_drift_triggers_repair(env, event):
     w, rec, *_ = env
     w.feed(event)
@@ -229,6 +235,7 @@ async def test_drift_triggers_repair(env, event):
     ids=["foreign-link", "foreign-xfrm", "own-create", "old-incarnation", "addr-added", "addr-unknown",
          "addr-readded", "route-released", "route-foreign", "route-added", "rule-added"],
 )
+@watched
 async def test_no_drift_no_reconcile(env, events):
     w, rec, *_ = env
     for ev in events:
@@ -238,6 +245,7 @@ async def test_no_drift_no_reconcile(env, events):
     assert w.bursts == 1
 
 
+@watched
 async def test_judge_off_reconciles_on_anything(env):
     w, rec, *_ = env
     w.judge = False
@@ -246,6 +254,7 @@ async def test_judge_off_reconciles_on_anything(env):
     assert rec.calls == 1
 
 
+@watched
 async def test_removed_interface_is_no_longer_drift(env):
     w, rec, *_ = env
     w.interface_removed(info())
@@ -254,6 +263,7 @@ async def test_removed_interface_is_no_longer_drift(env):
     assert rec.calls == 0
 
 
+@watched
 async def test_changed_ifindex_follows_the_manager(env):
     w, rec, *_ = env
     w.repaired(info(ifindex=11), "recreated")
@@ -265,6 +275,7 @@ async def test_changed_ifindex_follows_the_manager(env):
     assert rec.calls == 1
 
 
+@watched
 async def test_failing_reconcile_is_logged_and_retried(env, caplog):
     w, rec, *_ = env
     caplog.set_level(logging.INFO, logger="xfrmid.watch")
@@ -281,6 +292,7 @@ async def test_failing_reconcile_is_logged_and_retried(env, caplog):
     assert rec.calls == 3
 
 
+@watched
 async def test_reconcile_raising_anything_never_escapes(env):
     w, rec, *_ = env
 
@@ -298,6 +310,7 @@ async def test_reconcile_raising_anything_never_escapes(env):
     assert rec.calls == 1
 
 
+@watched
 async def test_events_during_reconcile_get_one_more(env):
     w, rec, *_ = env
     rec.delay = 0.2
@@ -310,6 +323,7 @@ async def test_events_during_reconcile_get_one_more(env):
     assert rec.calls == 2
 
 
+@watched
 async def test_garbage_event_is_dropped_not_raised(env, caplog):
     w, rec, *_ = env
     w.feed(object())  # type: ignore[arg-type]
@@ -319,28 +333,29 @@ async def test_garbage_event_is_dropped_not_raised(env, caplog):
     assert rec.calls == 1
 
 
+@watched
 async def test_monitors_follow_the_namespaces_in_use(env):
     w, rec, monitors, missing = env
     assert set(monitors) == {None} and monitors[None].started
     assert monitors[None].interest.names == {"ipsec1"} and 10 in monitors[None].interest.indexes
     w.interface_added(info(name="ipsec2", netns="blue", ifindex=3))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await w.monitors_started()
     assert monitors["blue"].started and monitors["blue"].interest.names == {"ipsec2"}
     w.interface_removed(info(name="ipsec2", netns="blue", ifindex=3))
-    await asyncio.sleep(0)
+    await w.monitors_started()
     assert monitors["blue"].closed
     # the daemon's own namespace is always watched
     w.interface_removed(info())
-    await asyncio.sleep(0)
+    await w.monitors_started()
     assert not monitors[None].closed
 
 
+@watched
 async def test_missing_namespace_is_logged_not_raised(env, caplog):
     w, rec, monitors, missing = env
     missing.add("gone")
     w.watch_netns("gone")
-    await asyncio.sleep(0.01)
+    await w.monitors_started()
     assert monitors["gone"].started
     assert "cannot monitor netns 'gone' yet" in caplog.text
 
@@ -357,6 +372,7 @@ class One:
         return {"repaired": 1}
 
 
+@watched
 async def test_few_known_interfaces_are_repaired_one_by_one(env):
     w, rec, *_ = env
     one = w.reconcile_one = One()
@@ -373,6 +389,7 @@ async def test_few_known_interfaces_are_repaired_one_by_one(env):
     ResyncEvent(None, "netlink socket overrun (ENOBUFS)", overrun=True),
     RuleEvent(None, True, socket.AF_INET, 100, 50, 120, "192.0.2.1/32", None, 1),
 ], ids=["resync", "rule"])
+@watched
 async def test_unattributable_drift_gets_a_full_reconcile(env, event):
     w, rec, *_ = env
     one = w.reconcile_one = One()
@@ -382,6 +399,7 @@ async def test_unattributable_drift_gets_a_full_reconcile(env, event):
     assert rec.calls == 1 and one.calls == []
 
 
+@watched
 async def test_many_interfaces_get_one_full_reconcile(env):
     w, rec, *_ = env
     one = w.reconcile_one = One()
@@ -392,6 +410,7 @@ async def test_many_interfaces_get_one_full_reconcile(env):
     assert rec.calls == 1 and one.calls == []
 
 
+@watched
 async def test_failing_single_repair_falls_back_to_full(env):
     w, rec, *_ = env
     w.reconcile_one = One(fail=True)
@@ -400,6 +419,7 @@ async def test_failing_single_repair_falls_back_to_full(env):
     assert rec.calls == 1 and w.failures == 0
 
 
+@watched
 async def test_drift_on_an_interface_being_changed_waits_for_the_change(env):
     w, rec, *_ = env
     one = w.reconcile_one = One()
@@ -412,6 +432,7 @@ async def test_drift_on_an_interface_being_changed_waits_for_the_change(env):
     assert one.calls == [] and rec.calls == 0
 
 
+@watched
 async def test_held_interface_still_repaired_after_release(env):
     w, rec, *_ = env
     one = w.reconcile_one = One()
@@ -423,6 +444,7 @@ async def test_held_interface_still_repaired_after_release(env):
     assert one.calls == [("ipsec1", None)]
 
 
+@watched
 async def test_holding_everything_defers_everything(env):
     w, rec, *_ = env
     with w.holding():
@@ -433,6 +455,7 @@ async def test_holding_everything_defers_everything(env):
     assert rec.calls == 1
 
 
+@watched
 async def test_other_interfaces_are_not_held_up(env):
     w, rec, *_ = env
     one = w.reconcile_one = One()
@@ -443,18 +466,25 @@ async def test_other_interfaces_are_not_held_up(env):
         assert one.calls == [("ipsec1", None)]
 
 
+@watched
 async def test_slow_repairs_stretch_the_storm_interval(env):
     w, rec, *_ = env
     rec.delay = 0.2  # a repair costs more than max_delay
     storm = Storm(w)
     await storm.run(1.2)
     await settle(w)
-    # back to back (0.2 s each, max_delay 0.15) would be ~6; stretched to
-    # COST_FACTOR x 0.2 s, the loop is left at least as much time as the repairs take
-    assert rec.calls <= storm.took / (COST_FACTOR * rec.delay) + 1 + storm.gaps, (rec.calls, storm.took, storm.gaps)
-    assert storm.gaps or rec.calls <= 4, rec.calls
+    # back to back (0.2 s each, max_delay 0.15) would be ~6; stretched to COST_FACTOR x
+    # 0.2 s from the first event after each repair, the loop keeps at least as much time
+    # for everything else as the repairs take
+    during = storm.during(rec.times)
+    assert during[0] == pytest.approx(MAX_DELAY, abs=0.001)
+    stretched = COST_FACTOR * rec.delay
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    assert gaps and all(stretched - 0.001 <= gap <= stretched + QUIET / 4 + 0.001 for gap in gaps), gaps
+    assert len(during) == 3, during
 
 
+@watched
 async def test_hold_takes_the_managers_key(env):
     w, rec, *_ = env
     with w.hold((None, "ipsec1")):
