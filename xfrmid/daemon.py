@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # imported where used: the kernel probe starts before them (s
     from .core.watch import MonitorFactory
     from .kernel.rtnetlink import Kernel
     from .kernel.features import Features
+    from .kernel.monitor import NetnsMonitor
 
 log = logging.getLogger("xfrmid.daemon")
 
@@ -176,6 +177,7 @@ class Daemon:
         try:
             from .bus.service import BusService, connect_bus
             from .core.running import build_core
+            from .kernel.monitor import NetnsMonitor
         except BaseException:
             probing.cancel()
             raise
@@ -187,7 +189,7 @@ class Daemon:
             await kernel.close()
             return EXIT_FAILURE
         log.info("%s", describe_features(features))
-        core = self.core = build_core(kernel, self.settings, _monitors(self.args.monitor_rcvbuf))
+        core = self.core = build_core(kernel, self.settings, _monitors(NetnsMonitor, self.args.monitor_rcvbuf))
 
         # The bus handshake overlaps the start-up reconcile; the name is requested only after it.
         async def connect() -> XfrmidMessageBus:  # a bad address fails here too, reported below
@@ -244,15 +246,13 @@ class Daemon:
         return rc
 
 
-def _monitors(rcvbuf: int | None) -> "MonitorFactory":
+def _monitors(monitor: "type[NetnsMonitor]", rcvbuf: int | None) -> "MonitorFactory":
     """The drift watcher's netlink monitors, one per namespace; ``rcvbuf``: the hidden
     testing option's receive buffer (a tiny one makes overruns certain)."""
-    from .kernel.monitor import NetnsMonitor
-
     if rcvbuf is None:
-        return NetnsMonitor
+        return monitor
     log.warning("monitor receive buffer set to %d bytes (a testing setting)", rcvbuf)
-    return functools.partial(NetnsMonitor, rcvbuf=rcvbuf)
+    return functools.partial(monitor, rcvbuf=rcvbuf)
 
 
 async def _check_kernel() -> int:

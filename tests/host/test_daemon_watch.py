@@ -34,9 +34,11 @@ def test_monitor_rcvbuf_is_hidden_and_checked(capsys):
 
 
 def test_watcher_monitors_get_the_testing_buffer():
-    monitor = _monitors(8192)("blue", lambda ev: None, Interest())
+    from xfrmid.kernel.monitor import NetnsMonitor
+
+    monitor = _monitors(NetnsMonitor, 8192)("blue", lambda ev: None, Interest())
     assert monitor.rcvbuf == 8192 and monitor.netns == "blue"
-    assert _monitors(None)("blue", lambda ev: None, Interest()).rcvbuf != 8192
+    assert _monitors(NetnsMonitor, None) is NetnsMonitor
 
 
 async def test_a_call_is_held_while_it_changes_the_kernel(core, kernel):
