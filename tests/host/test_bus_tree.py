@@ -26,7 +26,7 @@ from fake_kernel import FakeKernel
 
 TOP = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TOP / "tests" / "kernel"))
-from bus_fixtures import start_bus  # noqa: E402
+from bus_fixtures import delivered, start_bus  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="needs dbus-daemon")
 
@@ -118,7 +118,7 @@ async def test_signals_object_manager_and_count(bus, client):
         assert [(i.name, i.path) for i in await client.list_interfaces()] == [("ipsec1", PATH1)]
         await client.detach("ipsec1", "one")
         await client.detach("ipsec1", "two")
-        await asyncio.sleep(0.3)
+        await delivered(watcher)
     finally:
         watcher.close()
     added = [e for e in events if e[2] == "InterfacesAdded"]
@@ -161,7 +161,7 @@ async def test_repaired_follows_properties_changed(bus, service, manager, client
         await client.attach("ipsec1", "a")
         info = manager.get("ipsec1")
         service.repaired(info, "set ipsec1 up")
-        await asyncio.sleep(0.3)
+        await delivered(watcher)
     finally:
         watcher.close()
     assert (PATH1, "Repaired", ["set ipsec1 up"]) in events
@@ -204,11 +204,8 @@ async def test_caller_gone_before_its_attach_finished(bus, service, manager):
             await asyncio.sleep(0.05)
         assert name in service._left_while_attaching
         gate.set()
-        for _ in range(50):
-            if not service._attaching:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.1)
+        # the Attach's dispatch ends with the release it owes the departed caller
+        await asyncio.wait_for(asyncio.gather(*list(service._tasks), return_exceptions=True), 5)
         call.cancel()
     finally:
         manager.attach = real_attach

@@ -24,6 +24,7 @@ from fake_kernel import FakeKernel
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, object]] = []
+        self.removed = asyncio.Event()
 
     def interface_added(self, info):
         self.events.append(("added", info.name, info))
@@ -33,6 +34,7 @@ class Recorder:
 
     def interface_removed(self, info):
         self.events.append(("removed", info.name, info))
+        self.removed.set()
 
     def repaired(self, info, what):
         self.events.append(("repaired", info.name, what))
@@ -297,13 +299,18 @@ async def test_static_interfaces_and_reload(kernel, tmp_path):
 async def test_linger_keeps_on_demand_interface(kernel, tmp_path):
     m = Manager(kernel, Settings(state_dir=str(tmp_path), linger=0.2))
     await m.start()
+    rec = Recorder()
+    m.subscribe(rec)
     await m.attach("ipsec31", "a")
     assert not await m.detach("ipsec31", "a")
     assert "ipsec31" in ns(kernel).links
     await m.attach("ipsec31", "b")  # reused while lingering
+    lingering = asyncio.get_running_loop().time()
     await m.detach("ipsec31", "b")
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(rec.removed.wait(), 5)
+    assert asyncio.get_running_loop().time() - lingering >= 0.2
     assert "ipsec31" not in ns(kernel).links and m.interfaces() == []
+    assert rec.kinds() == ["added", "changed", "changed", "changed", "removed"]
     await m.stop()
 
 
@@ -343,21 +350,22 @@ async def test_netns_interfaces(manager, kernel):
 
 
 async def test_other_interfaces_not_blocked(manager, kernel):
-    gate = asyncio.Event()
+    entered, gate = asyncio.Event(), asyncio.Event()
     real = kernel.create_link
 
     async def slow_create(netns, spec):
         if spec.name == "ipsec50":
+            entered.set()
             await gate.wait()
         return await real(netns, spec)
 
     kernel.create_link = slow_create
     slow = asyncio.create_task(manager.attach("ipsec50", "a"))
-    await asyncio.sleep(0.01)
-    await asyncio.wait_for(manager.attach("ipsec51", "a"), 1)  # not blocked by ipsec50
+    await entered.wait()  # ipsec50's call is in the kernel
     second = asyncio.create_task(manager.attach("ipsec50", "b"))
-    await asyncio.sleep(0.01)
-    assert not second.done()  # same interface: waits its turn
+    await asyncio.wait_for(manager.attach("ipsec51", "a"), 1)  # not blocked by ipsec50
+    # meanwhile the second call on ipsec50 waited its turn: not even its kernel read ran
+    assert not second.done() and [c for c in kernel.calls if c == ("link", "ipsec50")] == [("link", "ipsec50")]
     gate.set()
     await slow
     await second

@@ -237,6 +237,16 @@ async def client(xfrmid):
 
 
 
+async def delivered(listener) -> None:
+    """Return once every signal xfrmid emitted before reached ``listener`` (an xfrmid.client.Client):
+    a Ping xfrmid answers after them travels the same way, and the bus keeps one sender's order."""
+    from dbus_fast import Message, MessageType
+
+    reply = await listener.bus.call(Message(destination="org.xfrmid1", path="/org/xfrmid1",
+                                            interface="org.freedesktop.DBus.Peer", member="Ping"))
+    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+
+
 def ip_json(*args: str, netns: str | None = None):
     cmd = ["ip", "-j"] + (["-n", netns] if netns else []) + list(args)
     out = subprocess.run(cmd, capture_output=True, text=True).stdout

@@ -83,17 +83,23 @@ class TappedMonitors:
 
     def __init__(self) -> None:
         self.catch = Catch()
+        self.made: dict[str | None, NetnsMonitor] = {}  # the latest per namespace
 
     def __call__(self, netns: str | None, on_event: Callable[[Event], None], interest: Interest) -> NetnsMonitor:
         def feed(ev: Event) -> None:
             on_event(ev)
             self.catch(ev)
 
-        return NetnsMonitor(netns, feed, interest)
+        monitor = self.made[netns] = NetnsMonitor(netns, feed, interest)
+        return monitor
 
     async def barrier(self, netns: str | None, timeout: float = 30.0) -> None:
         """Return once the watcher has been fed every event of ``netns`` caused before the call:
-        a foreign xfrm link made and deleted there is the last (netlink keeps the order)."""
+        a foreign xfrm link made and deleted there is the last (netlink keeps the order). A
+        namespace the watcher no longer monitors feeds it nothing more: nothing to wait for."""
+        monitor = self.made.get(netns)
+        if monitor is None or not monitor.running:
+            return
         name, if_id = unique_xfrm("xb")
         add_xfrm(name, if_id, netns, up=False)
         ip_run("link", "del", name, netns=netns)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import pytest
 from .bus_fixtures import (  # noqa: F401 - fixtures
-    TOP, busctl, busctl_json, client, gdbus, gdbus_error, ip_json, link_present, manager_call, private_bus, props,
+    TOP, busctl, busctl_json, client, delivered, gdbus, gdbus_error, ip_json, link_present, manager_call, private_bus, props,
     wait_for, xfrmid,
 )
 
@@ -241,7 +241,7 @@ async def test_object_manager_and_properties_changed(xfrmid, client):
         assert objects["/org/xfrmid1/interface/ipsec211"]["Owners"] == ["one", "two"]
         await client.detach("ipsec211", "one")
         await client.detach("ipsec211", "two")
-        await asyncio.sleep(0.5)
+        await delivered(watcher)
     finally:
         watcher.close()
     path = "/org/xfrmid1/interface/ipsec211"

@@ -7,6 +7,7 @@ still raises Conflict for a different one."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from xfrmid.core.manager import Manager
 from xfrmid.core.watch import Watcher
 from xfrmid.errors import Conflict, NotFound
 
-from .conftest import ip, ip_run, link_exists, link_json
+from .conftest import ip_run, link_json
 
 BACKEND = ("xfrm_links", "link", "create_link", "change_link", "delete_link", "addresses",
            "addresses_by_index", "add_address", "remove_address", "own_routes", "add_route",
@@ -81,17 +82,22 @@ async def test_link_deleted_just_before_the_attach_is_back_within_2s(wired, moni
     ip_run("link", "del", "ipsec2", netns=netns)
     await manager.attach("ipsec2", "conn-b", netns=netns)
     deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and addresses("ipsec2", netns) != ["198.51.100.1"]:
+    while time.monotonic() < deadline and await addresses("ipsec2", netns) != ["198.51.100.1"]:
         await asyncio.sleep(0.05)
-    assert addresses("ipsec2", netns) == ["198.51.100.1"]  # the link and its address are back
+    assert await addresses("ipsec2", netns) == ["198.51.100.1"]  # the link and its address are back
     await watcher.idle()
     assert manager.get("ipsec2", netns).owners == ("conn-a", "conn-b")
 
 
-def addresses(name: str, netns: str) -> list[str] | None:
-    if not link_exists(name, netns):
+async def addresses(name: str, netns: str) -> list[str] | None:
+    """The link's IPv4 addresses as iproute2 shows them (None: no such link), read without
+    blocking the loop: the watcher repairs meanwhile."""
+    proc = await asyncio.create_subprocess_exec("ip", "-j", "-4", "-n", netns, "addr", "show", "dev", name,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
         return None
-    return [a["local"] for entry in ip("-4", "addr", "show", "dev", name, netns=netns) for a in entry["addr_info"]]
+    return [a["local"] for entry in json.loads(out or b"[]") for a in entry["addr_info"]]
 
 
 def name_free_at_first(kernel, name: str) -> None:

@@ -178,8 +178,10 @@ async def test_namespace_deleted_then_recreated_resyncs(netns_factory):
 async def test_close_stops_events(where, managed):
     async with monitoring(where, {managed}) as (mon, catch):
         pass
-    run(where, "link", "set", managed, "down")
-    await asyncio.sleep(0.3)
+    async with monitoring(where, {managed}) as (_still, reference):
+        run(where, "link", "set", managed, "down")
+        # the open monitor hears it: a closed one still subscribed would have by now
+        await reference.wait(lambda e: isinstance(e, LinkEvent) and e.ifname == managed and not e.up)
     assert catch.events == []
 
 

@@ -82,6 +82,7 @@ async def kept(netns: str) -> dict[str, bool]:
 
 async def settled(watcher: Watcher, monitors, netns: str) -> None:
     """The watcher has been fed every event caused so far and has judged them all."""
+    await watcher.monitors_started()  # and closed: a namespace left by its last interface
     await monitors.barrier(netns)
     await asyncio.wait_for(watcher.idle(), 10)
 

@@ -10,11 +10,10 @@ import pytest
 
 from xfrmid.core.views import InterfaceInfo
 from xfrmid.core.watch import Watcher
-from xfrmid.kernel.monitor import NetnsMonitor
 from xfrmid.kernel.objects import XFRMID_PROTO
 
 from .conftest import ip_run
-from .monitor_util import add_xfrm, ifindex, record, unique_xfrm
+from .monitor_util import TappedMonitors, add_xfrm, ifindex, record, unique_xfrm
 
 P = str(XFRMID_PROTO)
 
@@ -61,19 +60,27 @@ async def watched(netns_factory):
     add_xfrm(name, if_id, where)
     setup_objects(where, name)
     stamps = Stamps()
-    watcher = Watcher(stamps, monitor_factory=NetnsMonitor)
+    monitors = TappedMonitors()
+    watcher = Watcher(stamps, monitor_factory=monitors)
     watcher.set_interfaces([InterfaceInfo(
         name=name, if_id=if_id, netns=where, ifindex=ifindex(name, where), link="", mtu=1500,
         external=False, operstate="up", owned=True, owners=("t",), addresses=("198.51.100.1/24",),
         routes=(("203.0.113.0/24", 254, ""),), mark=if_id, mask=0xFFFFFFFF,
     )])
     await watcher.start()
-    yield where, name, stamps, watcher
+    yield where, name, stamps, watcher, monitors
     await watcher.stop()
 
 
+async def settled(watcher: Watcher, monitors: TappedMonitors, where: str) -> None:
+    """The watcher has been fed every event caused so far and has judged them all."""
+    await watcher.monitors_started()
+    await monitors.barrier(where)
+    await asyncio.wait_for(watcher.idle(), 10)
+
+
 async def test_each_interference_calls_reconcile_once_within_2s(watched):
-    where, name, stamps, watcher = watched
+    where, name, stamps, watcher, monitors = watched
     for what, template in INTERFERENCE:
         before = len(stamps.times)
         t0 = time.monotonic()
@@ -83,13 +90,14 @@ async def test_each_interference_calls_reconcile_once_within_2s(watched):
             await asyncio.sleep(0.01)
         assert len(stamps.times) == before + 1, f"{what}: no reconcile within 2 s"
         record(f"watch_{what}_to_reconcile_s", stamps.times[-1] - t0, "s")
-        await asyncio.sleep(watcher.max_delay)
+        await settled(watcher, monitors, where)
         assert len(stamps.times) == before + 1, f"{what}: more than one reconcile"
 
 
 async def test_interference_on_foreign_lookalikes_is_ignored(watched):
-    where, name, stamps, watcher = watched
+    where, name, stamps, watcher, monitors = watched
     for _what, template in INTERFERENCE:
         ip_run(*[a.format(dev=name + "f", prio="101") for a in template], netns=where)
-    await asyncio.sleep(0.5)
-    assert stamps.times == [] and watcher.reconciles == 0 and watcher.events == 0
+    await settled(watcher, monitors, where)
+    # the barrier's own two events are all the kernel let through
+    assert stamps.times == [] and watcher.reconciles == 0 and watcher.events == 2
