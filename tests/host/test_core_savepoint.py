@@ -1,4 +1,4 @@
-"""The save point of a call (Syncer.change): DesiredInterface.copy() must be a copy no
+"""The save point of a change (DesiredState.savepoint): DesiredInterface.copy() must be a copy no
 mutation of the original reaches, with every field, as copy.deepcopy was."""
 
 from __future__ import annotations
@@ -66,3 +66,24 @@ def test_mutating_the_original_leaves_the_copy():
     iface.owned = True
     assert twin.to_json() == before
     assert twin.static_addresses == {"10.0.0.3/24"} and twin.preexisting == {"10.0.0.4/24"}
+
+
+def test_restore_undoes_any_change_of_the_interface():
+    from xfrmid.core.desired import DesiredState
+
+    state = DesiredState()
+    state.put(_full())
+    key = ("blue", "ipsec7")
+    state.retired[key] = {"10.0.0.9/24"}
+    before = state.to_json()
+    saved = state.savepoint(key)
+    state.detach(key, "a")  # retires a's address
+    state.get(key).linger_until = None
+    state.drop(key)
+    assert state.to_json() != before
+    state.restore(saved)
+    assert state.to_json() == before and state.with_if_id("blue", 7)[0] is state.get(key)
+    fresh = state.savepoint(("blue", "ipsec8"))  # not there yet: restoring removes it again
+    state.put(DesiredInterface(netns="blue", name="ipsec8", if_id=8))
+    state.restore(fresh)
+    assert state.get(("blue", "ipsec8")) is None and state.to_json() == before
