@@ -80,14 +80,14 @@ test-floor: venv venv-floor
 		$(patsubst %,tests/kernel/%.py,$(FLOOR_KERNEL_TESTS)) -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-floor.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-floor.xml 40
 
-# Issue 4's crash test alone (it is part of `make test` too): 20 SIGKILLs under
+# The crash test alone (it is part of `make test` too): 20 SIGKILLs under
 # a two-client workload, a daemon start each (~8-16 min in the emulated VM).
 test-crash: venv
 	@mkdir -p $(REPORTS)
 	XFRMID_VM_DIR=build/vm-crash tests/vm/run python -m pytest tests/kernel/test_crash.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-crash.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-crash.xml 1
 
-# Issue 4's restart test (1,000 interfaces, 100 changed by hand while stopped) on
+# The restart test (1,000 interfaces, 100 changed by hand while stopped) on
 # its own; it is also part of test-kernel (~105 s in the VM: setup 30 s, daemon
 # start with the repairs 50 s).
 test-restart: venv
@@ -101,7 +101,7 @@ test-service-unit: venv
 	XFRMID_VM_DIR=build/vm-service-unit tests/vm/run python -m pytest tests/kernel/test_service_unit.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-service-unit.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-service-unit.xml 9
 
-# Issue 6: the benchmarks beside their baselines in one VM; build/reports/bench.json.
+# The benchmarks beside their baselines in one VM (bench/README.md); build/reports/bench.json.
 # BENCH_N / BENCH_SCALE shrink them (e.g. make bench BENCH_N=20 BENCH_SCALE=20).
 BENCH_N ?= 1000
 BENCH_SCALE ?= 10000

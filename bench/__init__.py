@@ -1,1 +1,1 @@
-"""Performance benchmarks of xfrmid (issue 6): ``make bench`` runs them in the test VM."""
+"""Performance benchmarks of xfrmid: ``make bench`` runs them in the test VM."""

@@ -1,4 +1,4 @@
-"""The six benchmarks of issue 6, each beside its baseline in the same run.
+"""The six benchmarks, each beside its baseline in the same run.
 
 Every timing row is ``{"name", "xfrmid", "baseline", "ratio", "n", ...}`` in
 seconds; ``ratio`` = xfrmid / baseline. The memory row is absolute (``rss_mb``).
@@ -24,7 +24,7 @@ from xfrmid.kernel.monitor import NetnsMonitor
 from . import kernel_reads as kernel_reads_mod
 from .harness import TOP, Daemon, ip_batch, median, percentile, timed
 
-# Calls in flight at once: the client pipelines, as the issue allows. A system
+# Calls in flight at once: the client pipelines, as a real client may. A system
 # bus lets one connection wait for at most 128 replies (dbus-daemon's
 # max_replies_per_connection); beyond that it answers LimitsExceeded, so a
 # real client of the system bus pipelines at most that deep.
@@ -121,7 +121,7 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
     if single:
         took_create, created = await pipelined(
             [lambda nm=nm: client.create_interface(nm) for nm in names(n)], deadline, window)
-    else:  # one CreateInterfaces call (issue 6 allows bulk calls where single calls cannot reach the target)
+    else:  # one CreateInterfaces call (bulk calls where single calls cannot reach the target)
         start = time.perf_counter()
         await client.create_interfaces([(nm, 0, {}) for nm in names(n)])
         took_create, created = time.perf_counter() - start, n
@@ -319,7 +319,7 @@ async def _storm(client: Client, netns: str, victim: str, lines: list[str], wait
 async def event_storm(client: Client, netns: str, n: int, events: int, wait: float = 60.0) -> dict:
     """``events`` foreign link events in one burst while a managed link drifts (set down).
 
-    The row: MTU flips on a foreign veth (the issue's storm: the daemon's kernel
+    The row: MTU flips on a foreign veth (a storm of foreign events: the daemon's kernel
     filter drops them before they reach it). xfrmid: seconds from the drift until
     the daemon has put the link back up (consistent); baseline: seconds the burst
     took; a Properties.Get every 0.1 s must answer within 1 s. ``foreign_xfrm``:

@@ -1,4 +1,4 @@
-"""Run the issue-6 benchmarks (as root, inside the test VM) and write build/reports/bench.json.
+"""Run the benchmarks (as root, inside the test VM) and write build/reports/bench.json.
 
     python -m bench.run [--n 1000] [--scale 10000] [--out build/reports/bench.json] [--profile DIR]
 
@@ -29,7 +29,7 @@ from .harness import TOP, netns_add, netns_del, start_bus, start_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description="xfrmid performance benchmarks (issue 6).")
+    parser = argparse.ArgumentParser(prog="bench", description="xfrmid performance benchmarks.")
     parser.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", 1000)),
                         help="interfaces to create and delete through the API (default 1000, env BENCH_N)")
     parser.add_argument("--scale", type=int, default=int(os.environ.get("BENCH_SCALE", 10000)),

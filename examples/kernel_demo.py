@@ -1,4 +1,4 @@
-"""A scripted run of xfrmid's kernel layer, printing what it does (issue 2's demo).
+"""A scripted run of xfrmid's kernel layer, printing what it does.
 
 Runs as root on a kernel with XFRM interfaces (make demo's VM, or
 ``tests/vm/run examples/kernel_demo.sh``). Everything happens in a private

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 2's demo: the kernel layer alone, no daemon (run as root on a kernel with
+# The kernel layer alone, no daemon (run as root on a kernel with
 # XFRM interfaces, e.g. `tests/vm/run examples/kernel_demo.sh`).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)

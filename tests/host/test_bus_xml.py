@@ -32,8 +32,8 @@ def test_contract_names_and_signatures():
     assert sigs == {
         "CreateInterface": ("sua{sv}", "o"),
         "DeleteInterface": ("sa{sv}", ""),
-        "CreateInterfaces": ("a(sua{sv})a{sv}", "ao"),  # issue 6's bulk creation
-        "DeleteInterfaces": ("asa{sv}", ""),  # issue 6's bulk deletion (an addition to the contract)
+        "CreateInterfaces": ("a(sua{sv})a{sv}", "ao"),  # bulk creation
+        "DeleteInterfaces": ("asa{sv}", ""),  # bulk deletion (an addition to the contract)
         "Attach": ("ssa{sv}", "ouuu"),
         "Detach": ("ssa{sv}", "b"),
         "AddAddress": ("sssa{sv}", ""),
@@ -52,7 +52,7 @@ def test_contract_names_and_signatures():
         "OperState": "s", "Owned": "b", "Owners": "as", "Addresses": "as", "Routes": "a(sus)", "Mark": "u",
         "MarkMask": "u",
     }
-    assert file["org.xfrmid1.Interface"]["signals"] == {"Repaired": "s"}  # drift repaired (issue 4)
+    assert file["org.xfrmid1.Interface"]["signals"] == {"Repaired": "s"}  # drift repaired
     assert file["org.freedesktop.DBus.ObjectManager"]["signals"] == {
         "InterfacesAdded": "oa{sa{sv}}", "InterfacesRemoved": "oas",
     }

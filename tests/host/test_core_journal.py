@@ -1,4 +1,4 @@
-"""The state file's journal (issue 6, keeping issue 4's guarantees).
+"""The state file's journal: small appends that keep the crash-safety of whole-file writes.
 
 A call appends one compact record per changed interface and fsyncs it; the
 journal is compacted into a fresh snapshot (temp file, fsync, rename) when it
@@ -91,7 +91,7 @@ async def test_restart_reads_the_journal_and_compacts(kernel, settings):
 
 async def test_restart_of_a_compact_file_writes_nothing_and_then_appends(kernel, settings):
     """The start knows what the file it read says: nothing is encoded or written again
-    (10,000 interfaces, issue 6), and the next call appends to that file."""
+    (10,000 interfaces at scale), and the next call appends to that file."""
     m1 = Manager(kernel, settings)
     await m1.start()
     for i in (1, 2, 3):
@@ -161,7 +161,7 @@ def test_old_indented_file_and_plain_snapshot_load(tmp_path):
     state.put(DesiredInterface(netns="blue", name="ipsec10", if_id=10,
                                owners={"a": Owner("a", addresses={"192.0.2.10/24"})}))
     store = StateStore.in_dir(tmp_path)
-    store.path.write_text(json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n")  # session 1-2 format
+    store.path.write_text(json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n")  # the indented format of earlier versions
     assert canonical(store.load()) == state.to_json()
     store.write(state.to_json())  # the bench and the restart test write this way
     assert len(lines(store)) == 1 and canonical(store.load()) == state.to_json()

@@ -1,4 +1,4 @@
-"""The start-up's shortcuts (issue 6) give what the long ways gave.
+"""The start-up's shortcuts give what the long ways gave.
 
 - nlattrs.pick stops once it has every attribute it was asked for;
 - IPv4 text from inet_ntop is ipaddress's (addresses and routes parse with it);

@@ -1,8 +1,8 @@
-"""Smoke run of the issue-6 benchmarks with tiny N: the harness works and bench.json has its shape.
+"""Smoke run of the benchmarks (bench/) with tiny N: the harness works and bench.json has its shape.
 
 The targets are not checked here (make bench measures them with N = 1,000 /
 10,000); this only proves that every benchmark runs against the real kernel
-and daemon and reports what the issue asks for. Everything happens in
+and daemon and reports every row's fields. Everything happens in
 namespaces the bench creates and deletes, on its own bus and daemons.
 """
 

@@ -1,4 +1,4 @@
-"""Crash test (issue 4): SIGKILL the daemon 20 times under a two-client workload.
+"""Crash test: SIGKILL the daemon 20 times under a two-client workload.
 
 A real dbus-daemon, the real xfrmid (in a namespace of its own, so its
 reconcile never meets another test's daemon), and two bus connections with

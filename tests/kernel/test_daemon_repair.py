@@ -1,4 +1,4 @@
-"""Drift repair through the real daemon on a real dbus-daemon (issue 4, part 3 and 4).
+"""Drift repair through the real daemon on a real dbus-daemon: repaired, signalled, debounced.
 
 One bus and one daemon for the module (Python start-up is slow in the VM).
 The daemon runs with the testing-only ``--monitor-rcvbuf`` so that its

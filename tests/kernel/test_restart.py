@@ -1,4 +1,4 @@
-"""Restart test (issue 4): 1,000 interfaces in the desired state, 100 of them
+"""Restart test: 1,000 interfaces in the desired state, 100 of them
 changed in the kernel by hand while the daemon is stopped; at start the daemon
 repairs exactly those and says so.
 

@@ -2,7 +2,7 @@
 
 Why not one exported dbus-fast object per interface: each costs a
 ServiceInterface with its handler tables (kilobytes, 10,000 of them at the
-issue's scale), exporting 10,000 took seconds at start-up, and dbus-fast
+scale xfrmid is built for), exporting 10,000 took seconds at start-up, and dbus-fast
 finds the path of an emitted signal by scanning every export, so each
 PropertiesChanged was O(interfaces). Here an interface is one entry
 ``object path -> InterfaceInfo`` (the same view object the manager

@@ -86,7 +86,7 @@ def _own(items: set[str] | frozenset[str]) -> set[str] | frozenset[str]:
 
 
 
-# slots: one of each per interface and owner (10,000s at the scale); an
+# slots: one of each per interface and owner (10,000s of them at scale); an
 # instance __dict__ would cost ~100 bytes more each.
 @dataclass(slots=True)
 class DesiredInterface:
