@@ -44,7 +44,7 @@ FIELDS: dict[str, str] = {
     "NETNS": "netns",
 }
 
-_HANDLER_MARK = "_xfrmid_handler"
+_installed: logging.Handler | None = None  # the handler setup() put on the xfrmid logger
 
 
 def parse_level(value: object) -> int:
@@ -135,12 +135,13 @@ def setup(
         handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
         # journald stamps lines itself; a terminal wants the time.
         handler.setFormatter(StderrFormatter(timestamps=not os.environ.get("JOURNAL_STREAM")))
-    setattr(handler, _HANDLER_MARK, True)
+    global _installed
     logger = logging.getLogger(LOGGER_NAME)
-    for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
-        logger.removeHandler(old)
-        old.close()
+    if _installed is not None and _installed in logger.handlers:
+        logger.removeHandler(_installed)
+        _installed.close()
     logger.addHandler(handler)
+    _installed = handler
     logger.setLevel(numeric)
     logger.propagate = False
     return logger
@@ -154,7 +155,4 @@ def set_level(level: str) -> None:
 def uses_journal() -> bool:
     """Whether setup() chose journald (for the start-up log line)."""
     logger = logging.getLogger(LOGGER_NAME)
-    return any(
-        getattr(h, _HANDLER_MARK, False) and type(h).__name__ == "JournalHandler"
-        for h in logger.handlers
-    )
+    return _installed in logger.handlers and type(_installed).__name__ == "JournalHandler"
