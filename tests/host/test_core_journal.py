@@ -329,7 +329,8 @@ async def test_quick_appends_are_written_on_the_loop_slow_ones_by_the_write_thre
         await real_run(job)
 
     monkeypatch.setattr(store_module.WRITER, "run", run)
-    store = StateStore.in_dir(tmp_path)
+    # a clock that never moves: every append is as quick as /run's tmpfs, however busy the host
+    store = StateStore.in_dir(tmp_path, clock=lambda: 0.0)
     state = DesiredState()
     await store.commit(state)  # the first write is a whole file: always the thread
     assert len(threaded) == 1

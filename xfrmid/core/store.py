@@ -134,8 +134,10 @@ class _Append:
 class StateStore:
     """The state file (snapshot + journal). ``path`` is the file (its directory is created 0700)."""
 
-    def __init__(self, path: str | os.PathLike, *, compact_min: int = COMPACT_MIN) -> None:
+    def __init__(self, path: str | os.PathLike, *, compact_min: int = COMPACT_MIN,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self._clock = clock  # times appends (tests pass their own: a busy host is no disk)
         self._file = AppendFile(self.path)
         # how long the last append took: under INLINE_APPEND_S the next one is written at
         # once, on the loop, instead of handed to the write thread (see _flush)
@@ -337,7 +339,7 @@ class StateStore:
 
     def _append(self, journal: bytes, expected: int, image: _Image) -> None:
         """Append records to the file this store last wrote, fsync; compact when it is not that file."""
-        started = time.monotonic()
+        started = self._clock()
         try:
             refused = self._file.append(journal, expected)
         except OSError as exc:
@@ -346,7 +348,7 @@ class StateStore:
             log.warning("state file %s %s; writing it again", self.path,
                         "disappeared" if refused == "disappeared" else "was changed by someone else")
             return self._compact(image.snapshot())
-        self.append_seconds = time.monotonic() - started
+        self.append_seconds = self._clock() - started
         self._size = expected + len(journal)
         self.appends += 1
         self.bytes_written += len(journal)
