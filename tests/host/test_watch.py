@@ -226,7 +226,7 @@ async def test_drift_triggers_repair(env, event):
         [link(ifindex=9, deleted=True)],  # an older incarnation of ipsec1 going away
         [AddressEvent(None, False, 10, "10.9.0.1/24", 0)],  # additions are no drift
         [AddressEvent(None, True, 10, "10.9.0.1/24", 0)],  # an address nobody promised
-        [AddressEvent(None, True, 10, "10.1.0.1/24", 0), AddressEvent(None, False, 10, "10.1.0.1/24", 0)],
+        [AddressEvent(None, True, 10, "2001:db8::1/64", 0), AddressEvent(None, False, 10, "2001:db8::1/64", 0)],
         [RouteEvent(None, True, socket.AF_INET, "10.3.0.0/16", 254, 120, 10, None, 1)],  # released
         [RouteEvent(None, True, socket.AF_INET, "10.2.0.0/16", 254, 2, 10, None, 1)],  # not ours
         [RouteEvent(None, False, socket.AF_INET, "10.2.0.0/16", 254, 120, 10, None, 1)],
@@ -243,6 +243,18 @@ async def test_no_drift_no_reconcile(env, events):
     await settle(w)
     assert rec.calls == 0
     assert w.bursts == 1
+
+
+@watched
+async def test_ipv4_address_put_back_in_the_same_burst_still_repairs(env):
+    # NetworkManager's reapply on a managed xfrm link removes the address and adds
+    # its own copy within a second; the kernel has meanwhile dropped the routes
+    # through the link (it was the last IPv4 address) without a notification.
+    w, rec, *_ = env
+    w.feed(AddressEvent(None, True, 10, "10.1.0.1/24", 0))
+    w.feed(AddressEvent(None, False, 10, "10.1.0.1/24", 0))
+    await settle(w)
+    assert rec.calls == 1 and w.bursts == 1
 
 
 @watched

@@ -237,6 +237,30 @@ async def test_interference_is_repaired_within_2s_and_signalled(watched, kernel)
         client.close()
 
 
+async def test_address_put_back_at_once_still_gets_its_routes_back(watched, kernel):
+    """The address removed and added again at once (NetworkManager's reapply on an xfrm
+    link it manages does this): with the link's last IPv4 address the kernel dropped
+    the routes through it, and said nothing about them."""
+    daemon, netns = watched
+    client = await Client.connect(daemon.address)
+    try:
+        await promise(client, netns)
+        await until_kept(kernel, netns, 30, daemon)
+        await asyncio.sleep(0.5)
+        path = os.path.join("build", "tmp-watch", f"readd-{netns}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"addr del {ADDR} dev {NAME}\naddr add {ADDR} dev {NAME} noprefixroute\n")
+        await ip_async(netns, "-batch", path)
+        gone = time.monotonic()
+        back = await until_kept(kernel, netns, 10, daemon)
+        assert exact(netns) == expected()
+        record("daemon_repair_addr_readded_s", back - gone, "s")
+        assert back - gone <= REPAIR_BUDGET, f"{back - gone:.2f} s\n{daemon.log_text()[-3000:]}"
+    finally:
+        client.close()
+
+
 async def test_foreign_lookalikes_are_not_reverted(watched, kernel):
     daemon, netns = watched
     client, signals = await connected(daemon)

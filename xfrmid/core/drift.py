@@ -7,7 +7,10 @@ event on one kernel object, whether it means a promise is broken now:
 
 - a managed link deleted (not an older incarnation), set down, renamed away,
   given another MTU, or its name taken by another kind of device;
-- an address a view lists deleted from a managed link;
+- an address a view lists deleted from a managed link, for IPv4 even when
+  it is back by the end of the burst: the kernel drops the IPv4 routes
+  through a link with its last address (and the routes that use it as
+  source) without a notification, so only the deletion tells that they went;
 - a route a view lists (protocol 120) deleted;
 - a rule carrying protocol 120 deleted (no view lists rules);
 - a resync (the event stream was lost): always.
@@ -39,6 +42,9 @@ def event_key(ev: Event) -> tuple:
     if isinstance(ev, LinkEvent):
         return ("link", ev.netns, ev.ifindex)
     if isinstance(ev, AddressEvent):
+        if ev.deleted and ":" not in ev.address:
+            # not superseded by a re-addition: the routes it took silently stay gone
+            return ("addr-gone", ev.netns, ev.ifindex, ev.address)
         return ("addr", ev.netns, ev.ifindex, ev.address)
     if isinstance(ev, RouteEvent):
         return ("route", ev.netns, ev.family, ev.dst, ev.table, ev.metric)

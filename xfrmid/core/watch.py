@@ -13,7 +13,9 @@ interfaces, else with the injected ``reconcile`` (a full one; always after a
 resync or a deleted rule). A storm of thousands of events costs one repair,
 and xfrmid's own changes (which also produce events) cost none. Only the
 last event per object counts, so a link created down and then set up by
-xfrmid is not mistaken for drift.
+xfrmid is not mistaken for drift; the removal of an IPv4 address is its own
+object (``drift.event_key``), since putting the address back does not bring
+back the routes the kernel dropped with it.
 
 It learns what is managed from the manager's listener calls (it implements
 ``ManagerListener``), is the manager's drift guard (``guard.DriftGuard``:
