@@ -37,6 +37,24 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.kernel)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report (and so the JUnit report) also carries the logs of
+    any fixture that offers them (``failure_logs()``: e.g. a network manager's journal)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not hasattr(report.longrepr, "addsection"):
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        logs = getattr(value, "failure_logs", None)
+        if callable(logs):
+            try:
+                text = logs()
+            except Exception as exc:  # the report must not fail for want of logs
+                text = f"(could not read the logs: {exc})"
+            report.longrepr.addsection(f"logs of {name}", text)
+
+
 def sh(command: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run a shell command; fail the test with its output if it fails and check is set."""
     proc = subprocess.run(command, shell=True, capture_output=True, text=True)

@@ -18,84 +18,31 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-TOP = Path(__file__).resolve().parents[2]
+from .nspawn import TOP, install, nspawn_command, prepare_root
+
 HERE = Path(__file__).resolve().parent / "service_unit"
-BIN = TOP / ".venv" / "bin"
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-
-
-def _install(root: Path, source: Path, target: str, mode: int = 0o644) -> None:
-    path = root / target.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, path)
-    path.chmod(mode)
 
 
 @pytest.fixture(scope="module")
 def run():
-    nspawn = shutil.which("systemd-nspawn")
-    assert nspawn, "systemd-nspawn is missing: run 'make deps' (Debian package systemd-container)"
-    base = Path(tempfile.mkdtemp(prefix="xfrmid-unit-", dir="/tmp"))
-    # The guest's /tmp is itself an overlay, which cannot hold an overlay's
-    # upper layer: give the container's writable layer a tmpfs of its own.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "xfrmid-unit", str(base)], check=True, timeout=60)
-    root = base / "root"
-    netns = f"xfrmid-unit-{base.name[-8:]}"
-    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=60)
-    for name in ("upper", "work", "root"):
-        (base / name).mkdir()
     # Results and the container's console where the host can read them.
     out = TOP / "build" / "service-unit"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}", str(root)],
-        check=True, timeout=60,
-    )
+    made = prepare_root("xfrmid-unit")
     try:
-        _install(root, TOP / "systemd/xfrmid.service", "/etc/systemd/system/xfrmid.service")
-        _install(root, HERE / "test-env.conf", "/etc/systemd/system/xfrmid.service.d/test-env.conf")
-        binds = []
-        if TOP.is_relative_to("/tmp"):
-            # A checkout under /tmp (a CI clone, say) holds the venv the console
-            # scripts run from. systemd-nspawn mounts an empty tmpfs on the
-            # container's /tmp, so bind the checkout back in; and PrivateTmp=yes
-            # would hide it from the service again.
-            binds.append(f"--bind-ro={TOP}")
-            (root / "etc/systemd/system/xfrmid.service.d/tmp-checkout.conf").write_text(
-                "[Service]\nPrivateTmp=no\n"
-            )
-        _install(root, HERE / "xfrmid-check.service", "/etc/systemd/system/xfrmid-check.service")
-        _install(root, HERE / "check.sh", "/xfrmid-test/check.sh", 0o755)
-        _install(root, TOP / "dbus/org.xfrmid1.conf", "/usr/share/dbus-1/system.d/org.xfrmid1.conf")
-        _install(root, TOP / "dbus/org.xfrmid1.service", "/usr/share/dbus-1/system-services/org.xfrmid1.service")
-        _install(root, TOP / "systemd/xfrmid.sysusers", "/usr/lib/sysusers.d/xfrmid.conf")
-        _install(root, TOP / "packaging/iproute2/rt_protos.d/xfrmid.conf", "/etc/iproute2/rt_protos.d/xfrmid.conf")
-        # The console scripts pip installed from this tree stand in for the package's.
-        _install(root, BIN / "xfrmid", "/usr/bin/xfrmid", 0o755)
-        _install(root, BIN / "xfrmctl", "/usr/bin/xfrmctl", 0o755)
-        (root / "etc/xfrmid/xfrmid.conf").unlink(missing_ok=True)
-        # Emulated CPU: xfrmid takes minutes to start, longer than dbus-daemon
-        # waits for an activated service by default (25 s).
-        (root / "etc/dbus-1/system-local.conf").write_text(
-            '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
-            ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
-            '<busconfig><limit name="service_start_timeout">900000</limit></busconfig>\n'
-        )
+        install(made.root, HERE / "xfrmid-check.service", "/etc/systemd/system/xfrmid-check.service")
+        install(made.root, HERE / "check.sh", "/xfrmid-test/check.sh", 0o755)
         started = time.monotonic()
         with open(out / "console.log", "w") as console:
             proc = subprocess.run(
-                [nspawn, "-q", "-D", str(root), "--register=no", "--keep-unit",
-                 "--capability=CAP_NET_ADMIN", f"--network-namespace-path=/run/netns/{netns}",
-                 f"--bind={out}:/out", *binds,
-                 "-b", "--", "--unit=xfrmid-check.service"],
+                nspawn_command(made, "xfrmid-check.service", f"--bind={out}:/out"),
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, timeout=1500,
             )
         seconds = time.monotonic() - started
@@ -113,10 +60,7 @@ def run():
             )
         yield facts, files
     finally:
-        subprocess.run(["umount", "-l", str(root)], timeout=60)
-        subprocess.run(["umount", "-l", str(base)], timeout=60)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
+        made.cleanup()
 
 
 def test_dbus_activation_starts_the_notify_unit(run):
