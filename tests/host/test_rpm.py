@@ -226,6 +226,10 @@ def test_file_list(built):
         "/usr/share/man/man8/xfrmid.8.gz",
         "/usr/share/man/man8/xfrmctl.8.gz",
         "/usr/share/man/man5/xfrmid.conf.5.gz",
+        # beside the host's network managers
+        "/usr/lib/systemd/networkd.conf.d/xfrmid.conf",
+        "/usr/lib/systemd/network/05-xfrmid.network",
+        "/usr/lib/NetworkManager/conf.d/xfrmid.conf",
     ]
     wanted += [f"/usr/share/xfrmid/bundled/{lib.replace('-', '_')}/__init__.py" for lib in built["bundled"]]
     for path in wanted:
