@@ -230,6 +230,10 @@ def test_file_list(built):
         "/usr/lib/systemd/networkd.conf.d/xfrmid.conf",
         "/usr/lib/systemd/network/05-xfrmid.network",
         "/usr/lib/NetworkManager/conf.d/xfrmid.conf",
+        # NetworkManager's VPN plugin
+        "/usr/lib/NetworkManager/VPN/nm-xfrmid-service.name",
+        "/usr/share/dbus-1/system.d/nm-xfrmid-service.conf",
+        "/usr/libexec/nm-xfrmid-service",
     ]
     wanted += [f"/usr/share/xfrmid/bundled/{lib.replace('-', '_')}/__init__.py" for lib in built["bundled"]]
     for path in wanted:
