@@ -5,7 +5,8 @@ SAs (tunnel mode, AES-GCM, the keys from ``vpn.secrets``) and its policies
 on the if_id that xfrmid's Attach returned, so only what is routed into the
 connection's interface is encrypted, and the outbound SA carries the
 Attach's output mark (the peer pattern's rule lets marked ESP leave by the
-underlying route). ``commands`` and ``removal`` are pure; ``run`` runs them.
+underlying route). ``commands`` and ``removal`` are pure; ``install`` and
+``remove`` hand each list to one ``ip -batch``.
 """
 
 from __future__ import annotations
@@ -57,27 +58,31 @@ def removal(t: Tunnel, local: IPAddress, if_id: int) -> list[list[str]]:
     return argv
 
 
-async def ip(argv: list[str]) -> tuple[int, str, str]:
+async def ip(argv: list[str], batch: list[list[str]] | None = None) -> tuple[int, str, str]:
+    """Run ``ip ARGV``, with ``batch`` as its commands on stdin (``-batch -``)."""
     proc = await asyncio.create_subprocess_exec(
-        "ip", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+        "ip", *argv, stdin=asyncio.subprocess.PIPE if batch is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines = "".join(" ".join(a) + "\n" for a in batch).encode() if batch is not None else None
+    out, err = await proc.communicate(lines)
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace").strip()
 
 
 async def install(t: Tunnel, local: IPAddress, if_id: int, mark: int, mask: int) -> None:
-    """Remove what a killed plugin may have left on these SPIs and if_id, then install."""
+    """Remove what a killed plugin may have left on these SPIs and if_id, then install (one ip each)."""
     await remove(t, local, if_id)
-    for argv in commands(t, local, if_id, mark, mask):
-        rc, _, err = await ip(argv)
-        if rc != 0:
-            raise Failed(f"ip {' '.join(argv[:3])} for if_id {if_id} failed: {err or f'exit status {rc}'}.")
+    rc, _, err = await ip(["-batch", "-"], commands(t, local, if_id, mark, mask))
+    if rc != 0:
+        await remove(t, local, if_id)  # ip stops at the first failure: no half tunnel left behind
+        raise Failed(f"Installing the ESP SAs and policies on if_id {if_id} failed: {err or f'exit status {rc}'}.")
 
 
 async def remove(t: Tunnel, local: IPAddress, if_id: int) -> None:
-    for argv in removal(t, local, if_id):
-        rc, _, err = await ip(argv)
-        if rc != 0 and "No such" not in err and "not found" not in err.lower():
-            log.warning("ip %s: %s", " ".join(argv[:3]), err)
+    """Remove the SAs and policies; those already gone are no error."""
+    _, _, err = await ip(["-force", "-batch", "-"], removal(t, local, if_id))
+    for line in err.splitlines():
+        if line and "No such" not in line and "not found" not in line.lower() and "Command failed" not in line:
+            log.warning("removing the ESP SAs and policies of if_id %d: %s", if_id, line)
 
 
 async def source_for(remote: IPAddress) -> IPAddress:
