@@ -13,12 +13,15 @@ FLOOR_KERNEL_TESTS := test_links test_link_reaper test_addresses test_routes tes
 	test_monitor_events test_monitor_overrun test_bus_api test_bus_bulk_cli
 # busybox-static: virtme-ng boots Debian's kernel (9p and virtio are modules there)
 # through an initramfs it builds around a static busybox; without one it stops at once.
+# network-manager: xfrmid beside it and its VPN plugin (tests/kernel/test_networkmanager.py),
+# with libfaketime slowing its clock there: it gives a plugin 5 s to start, too few under emulation.
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	dbus dbus-bin libsystemd-dev pkg-config gcc \
-	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan busybox-static
+	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan busybox-static \
+	network-manager libfaketime
 REPORTS := build/reports
 
-.PHONY: all deps venv venv-floor test test-host test-kernel test-floor test-crash test-restart test-service-unit demo clean help bench
+.PHONY: all deps venv venv-floor test test-host test-kernel test-floor test-crash test-restart test-service-unit test-network-managers demo clean help bench
 
 all: help
 
@@ -100,6 +103,14 @@ test-restart: venv
 test-service-unit: venv
 	XFRMID_VM_DIR=build/vm-service-unit tests/vm/run python -m pytest tests/kernel/test_service_unit.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-service-unit.xml
 	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-service-unit.xml 9
+
+# xfrmid beside Debian's systemd-networkd and NetworkManager (and its VPN plugin,
+# which NetworkManager starts), each in a container under real systemd; also
+# part of `make test`. What each action did: build/network-managers/.
+test-network-managers: venv
+	@mkdir -p $(REPORTS)
+	XFRMID_VM_DIR=build/vm-network-managers tests/vm/run python -m pytest tests/kernel/test_networkd.py tests/kernel/test_networkmanager.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-network-managers.xml
+	$(PY) tests/vm/check_report.py $(REPORTS)/kernel-network-managers.xml 15
 
 # The benchmarks beside their baselines in one VM (bench/README.md); build/reports/bench.json.
 # BENCH_N / BENCH_SCALE shrink them (e.g. make bench BENCH_N=20 BENCH_SCALE=20).
