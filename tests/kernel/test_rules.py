@@ -1,8 +1,10 @@
-"""Policy rules (not fwmark X/M, both families) and the design notes' pair, on a real kernel."""
+"""Policy rules (lookup, goto, nop; not fwmark X/M; both families) and the design notes' pair, on a real kernel."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 
 import pytest
 
@@ -71,6 +73,58 @@ async def test_catch_all_rule_beside_the_peer_rule(kernel, netns, family, peer):
         assert await kernel.own_rules(netns) == {peer_rule}
         await kernel.remove_rule(netns, peer_rule)
         assert await kernel.own_rules(netns) == set()
+
+
+def skip_rule(family: int, dst: str | None, mark: int) -> RuleSpec:
+    return RuleSpec(priority=101, table=0, family=family, dst=dst, fwmark=mark, fwmask=0xFFFFFFFF,
+                    action="goto", goto=103)
+
+
+async def test_goto_and_nop_rules(kernel, netns):
+    landing = RuleSpec(priority=103, table=0, family=socket.AF_INET6, action="nop")
+    gate = RuleSpec(priority=100, table=0, family=socket.AF_INET6, fwmark=0, fwmask=0xFF, action="goto", goto=102)
+    skip = skip_rule(socket.AF_INET6, "2001:db8:5::/48", 5)
+    for spec in (gate, skip, landing):  # a goto before its landing place: the kernel holds it unresolved
+        await kernel.add_rule(netns, spec)
+        await kernel.add_rule(netns, spec)  # idempotent
+    assert await kernel.own_rules(netns) == {gate, skip, landing}
+    shown = {r["priority"]: r for r in rules(netns, "-6")}
+    assert (shown[100]["fwmark"], shown[100]["fwmask"], shown[100]["goto"]) == ("0", "0xff", 102)
+    assert (shown[101]["dst"], shown[101]["dstlen"], shown[101]["goto"]) == ("2001:db8:5::", 48, 103)
+    assert "nop" in shown[103] and {r["protocol"] for r in shown.values()} == {"xfrmid"}
+    for spec in (skip, gate, landing):
+        await kernel.remove_rule(netns, spec)
+        await kernel.remove_rule(netns, spec)
+    assert await kernel.own_rules(netns) == set() and rules(netns, "-6") == []
+
+
+async def test_backward_goto_is_invalid(kernel, netns):
+    with pytest.raises(InvalidArgument, match="only later rules"):
+        await kernel.add_rule(netns, RuleSpec(priority=101, table=0, family=socket.AF_INET, action="goto", goto=101))
+
+
+@pytest.mark.parametrize("family,peer", [(socket.AF_INET, "192.1.2.23/32"), (socket.AF_INET6, "2001:db8:7::1/128")])
+async def test_full_tunnel_skip_rule_removed_without_a_gap(kernel, netns, family, peer):
+    """Removing a full tunnel's skip rule (no destination) while a peer's of the same mark
+    comes first: the kernel would take the peer's. The peer's is taken out and put back
+    behind the full tunnel's, which covers its packets meanwhile, before that one goes."""
+    full, one = skip_rule(family, None, 7), skip_rule(family, peer, 7)
+    await kernel.add_rule(netns, one)
+    await kernel.add_rule(netns, full)
+    fam = "-6" if family == socket.AF_INET6 else "-4"
+    monitor = subprocess.Popen(["stdbuf", "-oL", "ip", "-n", netns, fam, "monitor", "rule"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        time.sleep(0.5)
+        await kernel.remove_rule(netns, full)
+        time.sleep(0.5)
+    finally:
+        monitor.terminate()
+    events = [line for line in monitor.communicate()[0].splitlines() if "goto" in line]
+    assert await kernel.own_rules(netns) == {one}
+    host = peer.split("/")[0]
+    assert [("Deleted" in e, "to " + host in e) for e in events] == [
+        (True, True), (False, True), (True, False)], events
 
 
 async def test_foreign_rules_left_untouched(kernel, netns):

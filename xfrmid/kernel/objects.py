@@ -75,7 +75,13 @@ class RouteSpec:
 
 @dataclass(frozen=True, slots=True)
 class RuleSpec:
-    """A policy routing rule; ``invert`` is iproute2's ``not`` (FIB_RULE_INVERT)."""
+    """A policy routing rule: a selector, then what a matching packet does.
+
+    ``action`` "lookup" looks up ``table``; "goto" jumps to the first rule at
+    priority ``goto`` (later than its own); "nop" does nothing (a goto's landing
+    place). ``table`` is 0 for the last two. ``invert`` is iproute2's ``not``
+    (FIB_RULE_INVERT).
+    """
 
     priority: int
     table: int
@@ -85,3 +91,13 @@ class RuleSpec:
     fwmark: int | None = None
     fwmask: int | None = None
     invert: bool = False
+    action: str = "lookup"
+    goto: int | None = None
+
+    def action_text(self) -> str:
+        """What a matching packet does, as ``ip rule`` says it: lookup 50, goto 103, nop."""
+        if self.action == "goto":
+            return f"goto {self.goto}"
+        if self.action == "nop":
+            return "nop"
+        return f"lookup {self.table}"
