@@ -28,7 +28,8 @@ from .settings import DEFAULT_CONFIG_PATH, Settings, StaticInterface
 
 # Route tables the peer pattern must not use: unspec, default, main, local.
 RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
-MAIN_RULE_PRIORITY = 32766  # the peer rule must be consulted before the main table's rule
+MAIN_RULE_PRIORITY = 32766  # the peer rules must be consulted before the main table's rule
+PEER_RULE_SPAN = 4  # the peer pattern uses rule_priority .. rule_priority + 3
 MTU_MIN, MTU_MAX = 68, 65535  # IPv4's minimum; xfrm links cap at IP_MAX_MTU
 
 Path = tuple[Any, ...]  # ("daemon", "log_level") or ("interface", 0, "mtu")
@@ -137,10 +138,11 @@ def _table(value: Any) -> int:
 
 def _priority(value: Any) -> int:
     naming.check_u32("Rule priority", value)
-    if not 0 < value < MAIN_RULE_PRIORITY:
+    highest = MAIN_RULE_PRIORITY - PEER_RULE_SPAN
+    if not 0 < value <= highest:
         raise InvalidArgument(
-            f"Rule priority {value} must be from 1 to {MAIN_RULE_PRIORITY - 1}, "
-            "so the rule comes before the main table's."
+            f"Rule priority {value} must be from 1 to {highest}, "
+            f"so the peer pattern's rules ({value}..{value + PEER_RULE_SPAN - 1}) come before the main table's."
         )
     return value
 

@@ -33,7 +33,7 @@ class Settings:
     name_policy: NamePolicy = field(default_factory=NamePolicy)
     default_mtu: int | None = None  # None: the kernel's default
     peer_table: int = 50  # routing table of the design notes' peer pattern
-    peer_rule_priority: int = 100  # priority of its `not fwmark` rule
+    peer_rule_priority: int = 100  # the first of its four rule priorities (gate, skip, lookup, landing)
     linger: float = 0.0  # seconds an unused on-demand interface survives its last Detach
     state_dir: str = DEFAULT_STATE_DIR
     log_level: str = "info"

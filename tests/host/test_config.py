@@ -172,7 +172,7 @@ def test_unknown_key_without_a_guess_lists_known_keys():
         ("[names]\nany_name = 1\n", 2, "any_name", "1 is not true or false"),
         ("[names]\n\nmark_mask = 0\n", 3, "mark_mask", "Mark mask 0 "),
         ("[peer_routes]\ntable = 254\n", 2, "table", "main table"),
-        ("[peer_routes]\nrule_priority = 32766\n", 2, "rule_priority", "1 to 32765"),
+        ("[peer_routes]\nrule_priority = 32763\n", 2, "rule_priority", "1 to 32762"),
         ("[[interface]]\nname = 'eth0'\n", 2, "name", "not of the form ipsec<N>"),
         ("[[interface]]\nname = 'ipsec2'\nif_id = 3\n", 3, "if_id", "implies if_id 2"),
         ("[[interface]]\nname = 'ipsec1'\nmtu = true\n", 3, "mtu", "true is not an integer"),

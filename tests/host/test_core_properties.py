@@ -2,7 +2,9 @@
 
 A tiny reference model predicts every answer (success, NotFound, Busy); after
 every step the in-memory kernel must hold exactly the union of what the
-holders asked for, and a restart on the same state file must find nothing to do.
+holders asked for (plus the one released IPv4 address an interface keeps while
+IPv4 routes through it are held: the kernel would drop them with its last
+IPv4 address), and a restart on the same state file must find nothing to do.
 """
 
 from __future__ import annotations
@@ -52,6 +54,26 @@ op = st.one_of(
 class Model:
     def __init__(self) -> None:
         self.ifaces: dict[str, dict] = {}
+        self.kept: dict[str, set] = {}  # released addresses still on an interface
+        self.present: dict[str, set] = {}  # the addresses on each interface after the last step
+
+    def keep(self) -> None:
+        """After a step: of the addresses the step released, the interface keeps its last
+        IPv4 one (the first in order) while it has IPv4 routes and no other IPv4 address."""
+        before = dict(self.kept)
+        self.kept = {}
+        for name, entry in self.ifaces.items():
+            held = set().union(*(o["addresses"] for o in entry["owners"].values()))
+            going = (self.present.get(name, set()) | before.get(name, set())) - held
+            v4_routes = any(":" not in dst for o in entry["owners"].values() for dst, _ in o["routes"])
+            last = sorted(c for c in going if ":" not in c)
+            if v4_routes and last and not any(":" not in c for c in held):
+                self.kept[name] = {last[0]}
+        self.present = {name: self.addresses(name) for name in self.ifaces}
+
+    def addresses(self, name: str) -> set:
+        entry = self.ifaces[name]
+        return set().union(*(o["addresses"] for o in entry["owners"].values())) | self.kept.get(name, set())
 
     def expect(self, step: tuple) -> type[Exception] | None:
         kind, *args = step
@@ -99,7 +121,7 @@ class Model:
         links, addresses, routes, rules = set(), {}, set(), set()
         for name, entry in self.ifaces.items():
             links.add(name)
-            addresses[name] = set().union(*(o["addresses"] for o in entry["owners"].values()))
+            addresses[name] = self.addresses(name)
             for owner in entry["owners"].values():
                 for dst, peer in owner["routes"]:
                     r, q = expand(RouteRequest(dst, peer=peer), name, int(name[5:]), 0xFFFFFFFF, PeerPolicy())
@@ -172,6 +194,7 @@ async def scenario(steps: list[tuple]) -> None:
                 else:
                     assert expected is None, step
                     model.apply(step)
+                    model.keep()
                     if step[0] in ("add_address", "add_route"):
                         added[step[0].replace("add_", "remove_", 1)].append(step[1:])
             check(kernel, model)

@@ -160,14 +160,13 @@ def test_peer_route_pattern(xfrmid):
     manager_call(a, "Attach", "ssa{sv}", dev, "west-east", "0")
     try:
         manager_call(a, "AddRoute", "sssa{sv}", dev, "west-east", "192.1.2.0/24", "1", "peer", "s", "192.1.2.23")
-        rules = [r for r in ip_json("rule", "show") if r.get("priority") == 100]
-        assert len(rules) == 1, ip_json("rule", "show")
-        rule = rules[0]
-        assert rule["dst"] == "192.1.2.0" and rule["dstlen"] == 24
-        assert "not" in rule, rule
+        rules = {r["priority"]: r for r in ip_json("rule", "show") if r.get("protocol") == "xfrmid"}
+        assert set(rules) == {100, 101, 102, 103}, ip_json("rule", "show")
+        skip = rules[101]  # the peer's ESP/IKE (its output mark, to the destination) passes by table 50
+        assert skip["dst"] == "192.1.2.0" and skip["dstlen"] == 24 and skip["goto"] == 103
         # iproute2 leaves the mask out when it is 0xffffffff
-        assert int(str(rule["fwmark"]), 0) == 206 and int(str(rule.get("fwmask", U32)), 0) == U32
-        assert str(rule["table"]) == "50"
+        assert int(str(skip["fwmark"]), 0) == 206 and int(str(skip.get("fwmask", U32)), 0) == U32
+        assert str(rules[102]["table"]) == "50" and "nop" in rules[103] and rules[100]["goto"] == 102
         table50 = ip_json("-4", "route", "show", "table", "50")
         assert any(r["dst"] == "192.1.2.0/24" and r["dev"] == dev for r in table50), table50
         assert "192.1.2.0/24" not in _kernel_routes(dev)  # not in main: the dedicated table only
@@ -177,7 +176,7 @@ def test_peer_route_pattern(xfrmid):
         get = ip_json("route", "get", "192.1.2.23")
         assert get[0].get("dev") == dev
         manager_call(a, "RemoveRoute", "sssa{sv}", dev, "west-east", "192.1.2.0/24", "1", "peer", "s", "192.1.2.23")
-        assert not [r for r in ip_json("rule", "show") if r.get("priority") == 100]
+        assert not [r for r in ip_json("rule", "show") if r.get("protocol") == "xfrmid"]
         assert not [r for r in ip_json("-4", "route", "show", "table", "50") if r.get("dev") == dev]
     finally:
         manager_call(a, "Detach", "ssa{sv}", dev, "west-east", "0")

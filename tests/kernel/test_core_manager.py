@@ -88,18 +88,26 @@ async def test_peer_pattern_refcounted(manager, netns):
         await manager.add_address("ipsec0", owner, "192.1.3.209/32", netns=netns)
         await manager.add_route("ipsec0", owner, "192.1.2.23/32", netns=netns, peer="192.1.2.23",
                                 src="192.1.3.209")
-    (rule,) = own_rules(netns)
-    assert (rule["priority"], rule["dst"], rule["fwmark"], rule["table"]) == (100, "192.1.2.23", "0x4000", "50")
-    assert "not" in rule
-    text = subprocess.run(["ip", "-n", netns, "rule", "show", "prio", "100"], capture_output=True, text=True).stdout
-    assert "not from all to 192.1.2.23 fwmark 0x4000 lookup 50" in text
+    text = subprocess.run(["ip", "-n", netns, "rule", "show"], capture_output=True, text=True).stdout
+    assert PEER_RULES.format(dst="to 192.1.2.23 ", mark="0x4000") in text, text
+    assert len(own_rules(netns)) == 4
     assert routes(netns, "table", "50") == {("192.1.2.23", "ipsec0", "192.1.3.209")}
     (via,) = ip("route", "get", "192.1.2.23", netns=netns)
     assert via["dev"] == "ipsec0"
+    (marked,) = ip("route", "get", "192.1.2.23", "mark", "0x4000", netns=netns, check=False) or [{}]
+    assert marked.get("dev") != "ipsec0"
     await manager.detach("ipsec0", "a", netns=netns)
-    assert len(own_rules(netns)) == 1 and routes(netns, "table", "50")
+    assert len(own_rules(netns)) == 4 and routes(netns, "table", "50")
     await manager.remove_route("ipsec0", "b", "192.1.2.23/32", netns=netns)
     assert own_rules(netns) == [] and not routes(netns, "table", "50")
+
+
+# ``ip rule`` of one peer route in table 50 (priority 100, the full mask)
+PEER_RULES = """100:\tfrom all fwmark 0 goto 102 proto xfrmid
+101:\tfrom all {dst}fwmark {mark} goto 103 proto xfrmid
+102:\tfrom all lookup 50 proto xfrmid
+103:\tfrom all nop proto xfrmid
+"""
 
 
 async def test_routes_survive_removal_of_last_address(manager, netns):
@@ -108,11 +116,16 @@ async def test_routes_survive_removal_of_last_address(manager, netns):
     await manager.add_address("ipsec3", "addr-owner", "192.0.2.3/24", netns=netns)
     await manager.add_route("ipsec3", "route-owner", "10.3.0.0/16", netns=netns)
     await manager.add_route("ipsec3", "route-owner", "10.4.0.0/16", netns=netns, table=77)
-    # the kernel flushes every IPv4 route through ipsec3 with its last IPv4 address
+    # the kernel flushes every IPv4 route through ipsec3 with its last IPv4 address:
+    # the address the other owner released stays while those routes are held
     await manager.detach("ipsec3", "addr-owner", netns=netns)
-    assert addrs(netns, "ipsec3") == set()
-    assert routes(netns, "dev", "ipsec3") == {("10.3.0.0/16", "ipsec3", None)}
+    assert addrs(netns, "ipsec3") == {"192.0.2.3/24"}
+    assert routes(netns, "dev", "ipsec3", "proto", "120") == {("10.3.0.0/16", "ipsec3", None)}
     assert routes(netns, "table", "77") == {("10.4.0.0/16", "ipsec3", None)}
+    await manager.remove_route("ipsec3", "route-owner", "10.3.0.0/16", netns=netns)
+    assert addrs(netns, "ipsec3") == {"192.0.2.3/24"}
+    await manager.remove_route("ipsec3", "route-owner", "10.4.0.0/16", netns=netns)
+    assert addrs(netns, "ipsec3") == set()
 
 
 async def test_foreign_interface_adopted_never_deleted(manager, netns):
@@ -179,7 +192,7 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
 
     # damage while stopped: link down, route and rule gone, an interface deleted, a marked leftover
     ip_run("link", "set", "ipsec10", "down", netns=netns)
-    ip_run("rule", "del", "prio", "100", "to", "10.10.0.0/16", netns=netns)
+    ip_run("rule", "del", "prio", "101", "to", "10.10.0.0/16", netns=netns)
     ip_run("link", "del", "ipsec11", netns=netns)
     ip_run("addr", "flush", "dev", "ipsec10", netns=netns)
     await kernel.create_link(netns, LinkSpec(name="ipsec99", if_id=99))
@@ -191,7 +204,7 @@ async def test_restart_reconciles_and_leaves_foreign_alone(kernel, settings, net
     assert "UP" in link_json("ipsec10", netns)["flags"]
     assert addrs(netns, "ipsec10") == {"192.0.2.10/24"}
     assert routes(netns, "table", "50") == {("10.10.0.0/16", "ipsec10", None)}
-    assert {(r["dst"], r.get("dstlen")) for r in own_rules(netns)} == {("10.10.0.0", 16)}
+    assert {(r.get("dst"), r.get("dstlen")) for r in own_rules(netns) if r["priority"] == 101} == {("10.10.0.0", 16)}
     # foreign ones untouched
     assert link_exists("ipsec13", netns)
     assert routes(netns, "dev", "ipsec13") == {("10.13.0.0/16", "ipsec13", None)}

@@ -73,7 +73,10 @@ def desired_state() -> tuple[DesiredState, dict]:
 
 
 def kernel_batch(netns: str) -> str:
-    lines = []
+    # the peer pattern's rules every peer route shares (gate, lookup, landing)
+    lines = ["rule add fwmark 0/0xffffffff goto 102 priority 100 proto 120",
+             "rule add lookup 50 priority 102 proto 120",
+             "rule add nop priority 103 proto 120"]
     for n in range(1, COUNT + 1):
         name = f"ipsec{n}"
         lines += [
@@ -85,7 +88,7 @@ def kernel_batch(netns: str) -> str:
         if n % 10 == 0:
             lines += [
                 f"route add {peer_route(n)} dev {name} table 50 proto 120",
-                f"rule add not to {peer_route(n)} fwmark {n} lookup 50 priority 100 proto 120",
+                f"rule add to {peer_route(n)} fwmark {n} goto 103 priority 101 proto 120",
             ]
     return "\n".join(lines) + "\n"
 
@@ -107,7 +110,7 @@ def hand_changes() -> tuple[str, dict[str, set[int]]]:
     for n in sorted(changed["route"]):
         lines.append(f"route del {route(n)} dev ipsec{n}")
         if n % 10 == 0:
-            lines.append(f"rule del not to {peer_route(n)} fwmark {n} lookup 50 priority 100")
+            lines.append(f"rule del to {peer_route(n)} fwmark {n} goto 103 priority 101")
     return "\n".join(lines) + "\n", changed
 
 

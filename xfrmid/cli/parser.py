@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("route", "add or remove a route through an interface", [],
             "Add or remove a route through the interface (IPv4 or IPv6, counted per owner). "
             "0.0.0.0/0 and ::/0 are split so they never replace the default route. With --peer "
-            "(the IKE peer inside DESTINATION) the route goes to a dedicated table plus a "
-            "'not fwmark' rule, so ESP and IKE to the peer keep the underlying route.")
+            "(the IKE peer inside DESTINATION) the route goes to a dedicated table, looked up by "
+            "rules that let packets with the interface's output mark to DESTINATION pass by it, so "
+            "ESP and IKE to the peer keep the underlying route.")
     for q in _actions(p, write, ("add a route for OWNER", "remove OWNER's claim on a route"),
                       ("destination", "DESTINATION", "prefix, e.g. 10.0.0.0/8, 0.0.0.0/0 or ::/0")):
         q.add_argument("--table", type=_u32, metavar="N", help="routing table (default: main)")

@@ -1,7 +1,8 @@
 """Side effects of a plan: run its actions through the KernelBackend, and take kernel snapshots.
 
-``adopt`` and ``conflict`` actions are decisions the reconciler takes, not kernel
-operations, so they are skipped here.
+``adopt`` and ``conflict`` actions are decisions the reconciler takes, and
+``keep_address`` a removal the plan holds back: not kernel operations, so they
+are skipped here.
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ async def apply(
     while pos < len(actions):
         action = actions[pos]
         created: list[Action] = []  # of a large batch of creations, logged in one line
-        if action.op in ("adopt", "conflict"):
+        if action.op in ("adopt", "conflict", "keep_address"):
+            if action.op == "keep_address":
+                log.debug("%s", action.detail, extra=_fields(action))
             pos += 1
             continue
         if action.op in _SIDE_BY_SIDE:

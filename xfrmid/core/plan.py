@@ -10,7 +10,12 @@ before routes before rules). Rules of the house:
 - an adopted (foreign) link is used as it is: a mismatch is a conflict, not a repair;
 - a link of our own that differs is changed (MTU, up) or, when the kernel
   cannot change the attribute (if_id, underlying link, external), recreated;
-- leftovers carrying xfrmid's marker that no desired state explains are removed.
+- leftovers carrying xfrmid's marker that no desired state explains are removed;
+- nothing another holder still has goes, even briefly: the peer pattern's jumps
+  are added before the routes they guard and removed after them (lookups the
+  other way round), and an address whose removal would make the kernel drop
+  wanted routes (their source, or the interface's last IPv4 address) is kept
+  until those routes go.
 
 With a ``Scope`` the plan only looks at the named interfaces and rules with
 their marks: that is how a single D-Bus call syncs one interface cheaply.
@@ -26,22 +31,30 @@ from dataclasses import dataclass, field
 
 from ..kernel.objects import AddressSpec, LinkSpec, LinkState, RouteSpec, RuleSpec
 from .desired import DesiredInterface
-from .routes_policy import PeerPolicy, route_key
+from .routes_policy import PeerPolicy, is_shared, route_key
 
-# Execution order of action kinds.
+# Execution order of action kinds. Rules come in two kinds: jumps (goto, and the
+# nop they land on) change no path alone, and go in before the routes they guard
+# and out after them; lookups send traffic into a table, and go in last (once
+# their jumps and routes are there) and out last (a replaced one after its
+# successor is in, so nothing falls through in between).
 PHASES = (
     "conflict",
     "adopt",
-    "remove_rule",
+    "add_jump",  # add_rule of a goto or nop
     "remove_route",
+    "remove_jump",  # remove_rule of a goto or nop
+    "keep_address",  # a removal the plan holds back (no kernel work)
     "remove_address",
     "delete_link",
     "recreate_link",
     "create_link",
     "change_link",
     "add_address",
+    "remove_address_late",  # one the routes needed until the addresses above were added
     "add_route",
     "add_rule",
+    "remove_rule",
 )
 _PHASE = {op: i for i, op in enumerate(PHASES)}
 
@@ -80,6 +93,7 @@ class Action:
     owned: bool | None = None  # adopt: the new value of the interface's ``owned``
     ifindex: int | None = None  # delete_link: the link's index in the view (saves the backend a get)
     mark: bool = False  # change_link: put xfrmid's markers on the link (a create cut short by a crash)
+    late: bool = False  # remove_address: after the additions (another address takes over its routes)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,10 @@ class PlanInput:
     # Interfaces this change lets go of on purpose, with the reason (for the log):
     # their links are deleted as released, not as a crash's leftovers.
     released: dict[str, str] = field(default_factory=dict)
+    # A scoped plan sees only some interfaces: the peer rules the whole namespace
+    # still shares (routes_policy.is_shared), so it removes none another needs.
+    # None: unknown, a scoped plan removes no shared rule.
+    shared: frozenset[RuleSpec] | None = None
 
 
 def rule_key(rule: RuleSpec) -> tuple:
@@ -105,7 +123,8 @@ def rule_key(rule: RuleSpec) -> tuple:
     mask = rule.fwmask
     if rule.fwmark is not None and mask is None:
         mask = 0xFFFFFFFF
-    return (rule.priority, rule.table, rule.family, dst, rule.src, rule.fwmark, mask, rule.invert)
+    return (rule.priority, rule.table, rule.family, dst, rule.src, rule.fwmark, mask, rule.invert, rule.action,
+            rule.goto)
 
 
 def link_differs(spec: LinkSpec, have: LinkState) -> str | None:
@@ -215,9 +234,17 @@ def plan_netns(inp: PlanInput) -> list[Action]:
         for cidr in sorted(want - have):
             add("add_address", name, category, f"added address {cidr} to {name}",
                 address=AddressSpec(ifname=name, cidr=cidr))
-        for cidr in sorted((have & inp.retired.get(name, set())) - want):
-            add("remove_address", name, "removed", f"removed address {cidr} from {name}",
-                address=AddressSpec(ifname=name, cidr=cidr))
+        going = (have & inp.retired.get(name, set())) - want
+        routes = d.kernel_routes(inp.mask, inp.peer)[0] if d is not None and going else ()
+        kept = addresses_to_keep(going, want | (have - going), routes)  # once this plan ran
+        until_added = addresses_to_keep(going, have - going, routes)  # while the removals run
+        for cidr in sorted(going):
+            if cidr in kept:
+                add("keep_address", name, None, f"kept address {cidr} on {name}: held routes through it need it",
+                    address=AddressSpec(ifname=name, cidr=cidr))
+            else:
+                add("remove_address", name, "removed", f"removed address {cidr} from {name}",
+                    address=AddressSpec(ifname=name, cidr=cidr), late=cidr in until_added)
 
     # Routes and rules: ours carry protocol 120, so anything of ours not wanted goes.
     want_routes: dict[tuple, RouteSpec] = {}
@@ -248,10 +275,13 @@ def plan_netns(inp: PlanInput) -> list[Action]:
         if st == "new" or (st == "kept" and key not in have_routes):
             add("add_route", r.dev, "repaired" if st == "kept" else None,
                 f"added route {r.dst} via {r.dev} (table {r.table})", route=r)
-    have_rules = {rule_key(q): q for q in view.rules if scope is None or q.fwmark in marks}
+    have_rules = {rule_key(q): q for q in view.rules if scope is None or q.fwmark in marks or is_shared(q)}
+    shared = None if scope is None or inp.shared is None else {rule_key(q) for q in inp.shared}
     for key, q in sorted(have_rules.items(), key=lambda kv: repr(kv[0])):
         if key in want_rules:
             continue
+        if scope is not None and is_shared(q) and (shared is None or key in shared):
+            continue  # peer routes outside the scope still need it
         add("remove_rule", None, "removed", f"removed rule {_rule_text(q)}", rule=q)
     for key, (q, name) in sorted(want_rules.items(), key=lambda kv: repr(kv[0])):
         if key in have_rules or (scope is not None and name not in scope.names):
@@ -259,13 +289,65 @@ def plan_netns(inp: PlanInput) -> list[Action]:
         category = "repaired" if status.get(name) == "kept" else None
         add("add_rule", name, category, f"added rule {_rule_text(q)}", rule=q)
 
-    actions.sort(key=lambda a: _PHASE[a.op])
+    actions.sort(key=_order)
     return actions
+
+
+def _order(action: Action) -> tuple[int, int]:
+    """Where an action runs: its phase, then (for jumps) landing places before the
+    jumps to them when adding, after them when removing. An address whose removal
+    would drop routes another address is about to hold goes after the additions."""
+    if action.late:
+        return (_PHASE["remove_address_late"], 0)
+    rule = action.rule
+    if rule is None or rule.action == "lookup":
+        return (_PHASE[action.op], 0)
+    landing = rule.action == "nop"
+    if action.op == "add_rule":
+        return (_PHASE["add_jump"], 0 if landing else 1)
+    return (_PHASE["remove_jump"], 1 if landing else 0)
+
+
+def addresses_to_keep(going: set[str], staying: set[str], routes) -> set[str]:
+    """Of the addresses a plan would remove from an interface, those its wanted ``routes``
+    still need, since the kernel would drop the routes with them: a route's source, and the
+    last IPv4 address while IPv4 routes go through the interface (the kernel flushes them
+    when it goes). ``staying``: the interface's other addresses, which remain."""
+    sources = {r.src for r in routes if r.src}
+    kept = {cidr for cidr in going if cidr.split("/")[0] in sources}
+    if any(":" not in r.dst for r in routes) and not any(":" not in c for c in staying | kept):
+        last = sorted(c for c in going if ":" not in c)
+        if last:
+            kept.add(last[0])
+    return kept
+
+
+def settle_retired(retired: dict, netns: str | None, names, actions: list[Action]) -> set:
+    """After a plan of ``names`` ran: their released addresses are gone from ``retired``
+    (a DesiredState's), but for those the plan kept, which stay released (removed later,
+    when the routes that need them go). The keys changed."""
+    kept: dict[str, set[str]] = {}
+    for a in actions:
+        if a.op == "keep_address":
+            kept.setdefault(a.ifname, set()).add(a.address.cidr)
+    dirty = set()
+    for name in names:
+        key = (netns, name)
+        if key not in retired:
+            continue
+        left = retired[key] & kept.get(name, set())
+        if left != retired[key]:
+            dirty.add(key)
+            if left:
+                retired[key] = left
+            else:
+                retired.pop(key)
+    return dirty
 
 
 def _rule_text(rule: RuleSpec) -> str:
     mark = f" fwmark 0x{rule.fwmark:x}/0x{rule.fwmask or 0xFFFFFFFF:x}" if rule.fwmark is not None else ""
-    return f"{rule.priority}: {'not ' if rule.invert else ''}to {rule.dst or 'all'}{mark} lookup {rule.table}"
+    return f"{rule.priority}: {'not ' if rule.invert else ''}to {rule.dst or 'all'}{mark} {rule.action_text()}"
 
 
 def summarise(actions: list[Action]) -> dict[str, int]:

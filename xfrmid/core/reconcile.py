@@ -25,7 +25,7 @@ from ..errors import Conflict, NotFound, XfrmidError
 from .apply import apply, log_done, run_action, snapshot
 from .desired import Key
 from .guard import DriftGuard
-from .plan import Action, KernelView, Scope, link_differs, plan_netns, rule_key, summarise
+from .plan import Action, KernelView, Scope, link_differs, plan_netns, rule_key, settle_retired, summarise
 from .publish import Publisher
 from .routes_policy import route_key
 from .seen import KernelSeen
@@ -192,7 +192,7 @@ class Reconciler:
             self._seen.remember(netns, set(names), view, result, desired)
             done += result.done + [a for a in actions if a.op == "adopt"]
             if not result.failed:
-                dirty |= {k for k in keys if desired.retired.pop(k, None)}
+                dirty |= settle_retired(desired.retired, netns, names, actions)
             if dirty:
                 await self._persist(dirty)
             if not result.removed_addresses:
@@ -249,9 +249,8 @@ class Reconciler:
                 result = await apply(kernel, plan_netns(self._state.plan_input(netns, view, None)), strict=False)
                 self._seen.remember(netns, set(view.links) | names, view, result, desired)
                 failed |= {a.ifname for a, _ in result.failed}
-            for key in [k for k in desired.retired if k[0] == netns and k[1] not in failed]:
-                desired.retired.pop(key)
-                dirty.add(key)
+            settled = {k[1] for k in desired.retired if k[0] == netns and k[1] not in failed}
+            dirty |= settle_retired(desired.retired, netns, settled, actions)
             if netns is not None and not desired.has_netns(netns) and not failed:
                 desired.namespaces.discard(netns)
             self._report_repairs(netns, done, seen)

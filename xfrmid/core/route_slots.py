@@ -4,14 +4,20 @@ Two interfaces must not want different routes in one kernel slot (the kernel
 keeps one route per table, prefix and metric). The index is kept per
 interface as it changes, so checking one interface's new routes against all
 the others costs O(its routes), not O(every route of every interface).
+
+It also counts the peer pattern's shared rules (gate, lookup, landing) each
+namespace's interfaces want, so a plan of one interface knows whether another
+still needs them.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..errors import Conflict, InvalidArgument
-from ..kernel.objects import RouteSpec
+from ..kernel.objects import RouteSpec, RuleSpec
 from .desired import DesiredState, Key
-from .routes_policy import PeerPolicy, effective_metric
+from .routes_policy import PeerPolicy, effective_metric, is_shared
 
 
 class RouteSlots:
@@ -28,6 +34,9 @@ class RouteSlots:
         # slot -> ((key, spec), ...): a tuple, almost always of one holder (a dict
         # per slot cost ~230 bytes per interface at start-up)
         self._slots: dict[tuple, tuple[tuple[Key, RouteSpec], ...]] = {}
+        # shared peer rules: per interface (only those with peer routes), and per namespace how many want each
+        self._shared: dict[Key, frozenset[RuleSpec]] = {}
+        self._shared_count: dict[str | None, Counter[RuleSpec]] = {}
 
     @classmethod
     def of(cls, state: DesiredState, mask: int, peer: PeerPolicy) -> "RouteSlots":
@@ -36,17 +45,40 @@ class RouteSlots:
             index.update(state, key)
         return index
 
-    def _specs(self, state: DesiredState, key: Key) -> frozenset[RouteSpec]:
+    def _expanded(self, state: DesiredState, key: Key) -> tuple[frozenset[RouteSpec], frozenset[RuleSpec]]:
         iface = state.get(key)
         if iface is None:
-            return frozenset()
+            return frozenset(), frozenset()
         try:
-            return frozenset(iface.kernel_routes(self.mask, self.peer)[0])
+            return iface.kernel_routes(self.mask, self.peer)
         except InvalidArgument:  # an if_id outside a narrowed mask: it has no routes now
-            return frozenset()
+            return frozenset(), frozenset()
+
+    def _specs(self, state: DesiredState, key: Key) -> frozenset[RouteSpec]:
+        return frozenset(self._expanded(state, key)[0])
+
+    def shared_rules(self, netns: str | None) -> frozenset[RuleSpec]:
+        """The shared peer rules some interface of ``netns`` wants."""
+        return frozenset(self._shared_count.get(netns, ()))
+
+    def _update_shared(self, key: Key, rules: frozenset[RuleSpec]) -> None:
+        shared = frozenset(q for q in rules if is_shared(q))
+        before = self._shared.pop(key, frozenset())
+        if shared == before:
+            if shared:
+                self._shared[key] = shared
+            return
+        count = self._shared_count.setdefault(key[0], Counter())
+        count.subtract(before)
+        count.update(shared)
+        for rule in before - shared:
+            if count[rule] <= 0:
+                del count[rule]
+        if shared:
+            self._shared[key] = shared
 
     def update(self, state: DesiredState, key: Key) -> None:
-        """Take in the current routes of ``key``."""
+        """Take in the current routes (and shared peer rules) of ``key``."""
         for spec in self._routes.pop(key, ()):
             slot = _slot(key[0], spec)
             holders = tuple(h for h in self._slots.get(slot, ()) if h[0] != key)
@@ -54,7 +86,9 @@ class RouteSlots:
                 self._slots[slot] = holders
             else:
                 self._slots.pop(slot, None)
-        specs = self._specs(state, key)
+        routes, rules = self._expanded(state, key)
+        self._update_shared(key, rules)
+        specs = frozenset(routes)
         if specs:
             self._routes[key] = specs
             for spec in specs:

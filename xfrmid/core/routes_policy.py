@@ -1,16 +1,30 @@
 """What a route request becomes in the kernel: the default split and the peer pattern.
 
 Pure functions. A caller asks for a route (destination plus options); the
-kernel gets one or more RouteSpecs and, with ``peer``, one RuleSpec:
+kernel gets one or more RouteSpecs and, with ``peer``, the peer pattern's rules:
 
 - ``0.0.0.0/0`` and ``::/0`` never replace the default route: they become the
   two halves ``0.0.0.0/1`` + ``128.0.0.0/1`` (``::/1`` + ``8000::/1``), which
   win over the default by being longer prefixes and vanish with the interface.
-- ``peer`` (the IKE peer, inside the destination) installs the design notes'
-  pattern: the route goes into the dedicated peer table and a rule
-  ``to <destination> not fwmark <mark>/<mask> lookup <table>`` sends everything
-  but the marked ESP/IKE packets there, so traffic to the peer is tunnelled
-  while the packets that carry the output mark leave by the underlying route.
+- ``peer`` (the IKE peer, inside the destination): the route goes into the
+  dedicated peer table, and four rule priorities from ``PeerPolicy.priority``
+  (P, 100 by default) make the table apply to everything but the peers' own
+  ESP/IKE, for any number of peers, per address family::
+
+      P:   fwmark 0/MASK goto P+2                   gate: a packet without an output mark skips the next rules
+      P+1: to DEST fwmark MARK/MASK goto P+3        skip: one per peer route; a full tunnel's has no "to"
+      P+2: lookup TABLE                             the peer routes (a miss falls through to P+3)
+      P+3: nop                                      landing place: the rules after it, as without xfrmid
+
+  A packet carrying an interface's output mark, to a destination that
+  interface routes with ``peer`` (its ESP and IKE), jumps past the peer table;
+  every other packet looks it up, and anything not routed there misses and
+  goes on as if xfrmid were not there. For one peer that is exactly what the
+  design notes' ``to DEST not fwmark MARK/MASK lookup TABLE`` does; unlike that
+  inverted rule, one peer's rules never catch another peer's ESP. The gate is
+  only a short cut: unmarked packets need not walk one skip rule per peer.
+  The gate, lookup and landing rules are shared by every peer route of the
+  namespace (``shared_rules``); each skip rule belongs to its interface's mark.
 """
 
 from __future__ import annotations
@@ -126,10 +140,39 @@ def split_default(destination: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class PeerPolicy:
-    """Where the peer pattern lives (Settings.peer_table / peer_rule_priority)."""
+    """Where the peer pattern lives (Settings.peer_table / peer_rule_priority): its table, and
+    the first of the four rule priorities it uses (gate, skip, lookup, landing)."""
 
     table: int = 50
     priority: int = 100
+
+    @property
+    def skip(self) -> int:
+        return self.priority + 1
+
+    @property
+    def lookup(self) -> int:
+        return self.priority + 2
+
+    @property
+    def landing(self) -> int:
+        return self.priority + 3
+
+
+def shared_rules(family: int, table: int, mask: int, peer: PeerPolicy) -> tuple[RuleSpec, ...]:
+    """The gate, lookup and landing rules every peer route of ``family`` into ``table`` needs."""
+    return (
+        RuleSpec(priority=peer.priority, table=0, family=family, fwmark=0, fwmask=mask,
+                 action="goto", goto=peer.lookup),
+        RuleSpec(priority=peer.lookup, table=table, family=family),
+        RuleSpec(priority=peer.landing, table=0, family=family, action="nop"),
+    )
+
+
+def is_shared(rule: RuleSpec) -> bool:
+    """A rule no interface's mark selects (gate, lookup, landing): held by every peer route
+    of its namespace together, not by one interface. The skip rules carry a mark."""
+    return not rule.fwmark
 
 
 def expand(
@@ -146,17 +189,17 @@ def expand(
     )
     if request.peer is None:
         return routes, ()
-    # One rule for the whole destination, never one per half: inverted rules
-    # match everything outside their selector, so two of them would send marked
-    # packets for one half into the tunnel through the other half's rule.
+    # One skip rule for the whole destination, never one per half of a split default.
     net = ipaddress.ip_network(request.destination)
-    rule = RuleSpec(
-        priority=peer.priority,
-        table=table,
-        family=family_of(request.destination),
+    family = family_of(request.destination)
+    skip = RuleSpec(
+        priority=peer.skip,
+        table=0,
+        family=family,
         dst=None if net.prefixlen == 0 else request.destination,
         fwmark=mark,
         fwmask=mask,
-        invert=True,
+        action="goto",
+        goto=peer.landing,
     )
-    return routes, (rule,)
+    return routes, (skip, *shared_rules(family, table, mask, peer))

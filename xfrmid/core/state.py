@@ -122,4 +122,5 @@ class CoreState:
             retired=retired,
             scope=scope,
             released=released or {},
+            shared=None if scope is None else self.slots.shared_rules(netns),
         )
