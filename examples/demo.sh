@@ -3,7 +3,7 @@
 #
 # A private message bus with the project's D-Bus policy, the xfrmid daemon on
 # it, then xfrmctl asking for ipsec1 on behalf of two connections in network
-# namespace "west", an address and routes (one with --peer, the design notes'
+# namespace "west", an address and routes (one with --peer, the peer
 # pattern), the kernel's view beside xfrmctl's, real ESP between "west" and
 # "east" through the interfaces, both of west's connections detaching and
 # ipsec1 going away with the last one, and finally the administrator's view:
@@ -68,7 +68,7 @@ show xfrmctl --netns west attach ipsec1 west-east
 show xfrmctl --netns west attach ipsec1 west-east-peer
 show xfrmctl --netns east attach ipsec1 east-west
 
-step "An address and routes: one plain, one with --peer (dedicated table + not-fwmark rule)"
+step "An address and routes: one plain, one with --peer (table 50 + the peer pattern's rules)"
 show xfrmctl --netns west address add ipsec1 west-east 10.0.1.1/32
 show xfrmctl --netns west route add ipsec1 west-east 10.0.2.0/24 --src 10.0.1.1
 show xfrmctl --netns west route add ipsec1 west-east-peer 192.1.2.23/32 --peer 192.1.2.23

@@ -8,13 +8,13 @@ network namespace ``xfrmid-demo`` that is removed at the end.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 
 from xfrmid.errors import XfrmidError
+from xfrmid.core.routes_policy import expand, route_request
 from xfrmid.kernel import open_kernel
-from xfrmid.kernel.objects import AddressSpec, LinkSpec, RouteSpec, RuleSpec
+from xfrmid.kernel.objects import AddressSpec, LinkSpec, RouteSpec
 from xfrmid.naming import resolve
 
 NETNS = "xfrmid-demo"
@@ -56,7 +56,7 @@ async def demo() -> int:
             print(f"added {cidr}")
         print(f"addresses of ipsec1: {sorted(await kernel.addresses(NETNS, 'ipsec1'))}")
 
-        step("Routes in main, and the design notes' peer pair (table 50 + not-fwmark rule)")
+        step("Routes in main, and a peer route: table 50 plus the peer pattern's rules")
         routes = [
             RouteSpec(dst="10.0.2.0/24", dev="ipsec1", src="192.1.3.209"),
             RouteSpec(dst="2001:db8:2::/48", dev="ipsec1"),
@@ -65,10 +65,12 @@ async def demo() -> int:
         for route in routes:
             await kernel.add_route(NETNS, route)
             print(f"added {route}")
-        rule = RuleSpec(priority=100, table=50, family=socket.AF_INET, dst="192.1.2.23/32",
-                        fwmark=ident.mark, fwmask=ident.mask, invert=True)
-        await kernel.add_rule(NETNS, rule)
-        print(f"added {rule}")
+        # what the daemon makes of AddRoute 192.1.2.23/32 with peer 192.1.2.23 (core/routes_policy.py)
+        _, rules = expand(route_request("192.1.2.23/32", peer="192.1.2.23"), "ipsec1", ident.mark, ident.mask)
+        order = sorted(rules, key=lambda q: (q.action != "nop", q.action == "lookup"))  # landing, jumps, lookup
+        for rule in order:
+            await kernel.add_rule(NETNS, rule)
+            print(f"added {rule}")
         show("rule")
         show("route", "show", "dev", "ipsec1")
         show("-6", "route", "show", "dev", "ipsec1")
@@ -94,7 +96,8 @@ async def demo() -> int:
         show("link", "show", "ipsec1")
 
         step("Remove the rule and routes, delete ipsec1; the foreign ipsec7 stays")
-        await kernel.remove_rule(NETNS, rule)
+        for rule in reversed(order):
+            await kernel.remove_rule(NETNS, rule)
         for route in routes:
             await kernel.remove_route(NETNS, route)
         await kernel.delete_link(NETNS, "ipsec1")
