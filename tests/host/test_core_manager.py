@@ -169,6 +169,19 @@ async def test_peers_share_the_gate_lookup_and_landing(manager, kernel):
     assert await manager.reconcile() == {"created": 0, "repaired": 0, "adopted": 0, "removed": 0}
 
 
+async def test_second_interface_to_the_same_peer_declares_it_at_another_metric(manager, kernel):
+    # ipsec15's ESP goes to the peer ipsec14 routes with peer: a route of its own to that
+    # address with peer, at another metric, gives it a skip rule too (no route slot clash)
+    for name in ("ipsec14", "ipsec15"):
+        await manager.attach(name, "a")
+    await manager.add_route("ipsec14", "a", "192.0.2.14/32", peer="192.0.2.14")
+    await manager.add_route("ipsec15", "a", "10.15.0.0/16")
+    await manager.add_route("ipsec15", "a", "192.0.2.14/32", peer="192.0.2.14", metric=200)
+    skips = {(q.dst, q.fwmark) for q in ns(kernel).rules if q.priority == 101}
+    assert skips == {("192.0.2.14/32", 14), ("192.0.2.14/32", 15)}
+    assert {(r.dev, r.metric) for r in ns(kernel).routes if r.table == 50} == {("ipsec14", None), ("ipsec15", 200)}
+
+
 async def test_peer_outside_destination_is_invalid(manager):
     await manager.attach("ipsec5", "a")
     with pytest.raises(InvalidArgument, match="not inside destination"):

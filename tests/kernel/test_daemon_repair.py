@@ -160,7 +160,8 @@ def expected(addresses=(ADDR,)) -> dict:
     return {
         "link": True, "up": True, "if_id": 4401, "addresses": sorted(addresses),
         "routes": sorted([(ROUTE, NAME, "main"), (PEER_ROUTE, NAME, PEER_TABLE)]),
-        "rules": [(PEER_PRIO, PEER_TABLE)],
+        # the peer pattern: gate, the peer's skip rule, lookup, landing place
+        "rules": [(PEER_PRIO, "None"), (PEER_PRIO + 1, "None"), (PEER_PRIO + 2, PEER_TABLE), (PEER_PRIO + 3, "None")],
     }
 
 
@@ -273,11 +274,11 @@ async def test_foreign_lookalikes_are_not_reverted(watched, kernel):
         ip_run("addr", "add", "198.51.100.201/24", "dev", down_link, "noprefixroute", netns=netns)
         ip_run("route", "add", "203.0.113.128/25", "dev", down_link, netns=netns)
         ip_run("route", "add", PEER_ROUTE, "dev", down_link, "table", "51", netns=netns)
-        ip_run("rule", "add", "prio", "101", "to", f"{PEER}/32", "lookup", "51", netns=netns)
+        ip_run("rule", "add", "prio", "150", "to", f"{PEER}/32", "lookup", "51", netns=netns)
         await until_kept(kernel, netns, 10, daemon)
         await asyncio.sleep(0.5)
         seen = len(signals.seen)
-        await ip_async(netns, "rule", "del", "prio", "101")
+        await ip_async(netns, "rule", "del", "prio", "150")
         await ip_async(netns, "route", "flush", "dev", down_link)
         await ip_async(netns, "route", "flush", "table", "51")
         await ip_async(netns, "addr", "flush", "dev", down_link)
@@ -290,7 +291,7 @@ async def test_foreign_lookalikes_are_not_reverted(watched, kernel):
         assert not ip("addr", "show", "dev", down_link, netns=netns)[0].get("addr_info")
         assert not ip("route", "show", "dev", down_link, netns=netns)
         assert not ip("route", "show", "table", "51", netns=netns)
-        assert not [r for r in ip("rule", "show", netns=netns) if r.get("priority") == 101]
+        assert not [r for r in ip("rule", "show", netns=netns) if r.get("priority") == 150]
         assert signals.seen[seen:] == []
         assert exact(netns) == expected()
     finally:
