@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import subprocess
 import time
@@ -103,6 +105,41 @@ async def test_backward_goto_is_invalid(kernel, netns):
         await kernel.add_rule(netns, RuleSpec(priority=101, table=0, family=socket.AF_INET, action="goto", goto=101))
 
 
+class RuleMonitor:
+    """``ip monitor rule`` in a namespace; ``mark()`` adds and deletes a foreign rule until the
+    monitor has printed its deletion, so what happens between two marks is all seen (a monitor
+    still starting misses the first ones)."""
+
+    def __init__(self, netns: str, family: str) -> None:
+        self.netns, self.family, self.count = netns, family, 0
+        self.proc = subprocess.Popen(["ip", "-n", netns, family, "monitor", "rule"], stdout=subprocess.PIPE)
+        self.pending = b""  # read from the pipe, not yet a whole line
+
+    def mark(self, timeout: float = 60) -> list[str]:
+        """The lines since the previous mark, markers left out."""
+        seen, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.count += 1
+            prio = str(4000 + self.count)
+            ip_run(self.family, "rule", "add", "prio", prio, "lookup", "4000", netns=self.netns)
+            ip_run(self.family, "rule", "del", "prio", prio, "lookup", "4000", netns=self.netns)
+            until = min(deadline, time.monotonic() + 1)
+            while time.monotonic() < until:
+                # the pipe's own bytes (a buffered reader would hide lines from select)
+                if select.select([self.proc.stdout], [], [], 0.2)[0]:
+                    self.pending += os.read(self.proc.stdout.fileno(), 65536)
+                *lines, self.pending = self.pending.split(b"\n")
+                for line in (x.decode() for x in lines):
+                    if line == f"Deleted {prio}:\tfrom all lookup 4000":
+                        return [x for x in seen if "lookup 4000" not in x]
+                    seen.append(line)
+        raise AssertionError(f"ip monitor printed no marker within {timeout} s: {seen}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
 @pytest.mark.parametrize("family,peer", [(socket.AF_INET, "192.1.2.23/32"), (socket.AF_INET6, "2001:db8:7::1/128")])
 async def test_full_tunnel_skip_rule_removed_without_a_gap(kernel, netns, family, peer):
     """Removing a full tunnel's skip rule (no destination) while a peer's of the same mark
@@ -111,16 +148,13 @@ async def test_full_tunnel_skip_rule_removed_without_a_gap(kernel, netns, family
     full, one = skip_rule(family, None, 7), skip_rule(family, peer, 7)
     await kernel.add_rule(netns, one)
     await kernel.add_rule(netns, full)
-    fam = "-6" if family == socket.AF_INET6 else "-4"
-    monitor = subprocess.Popen(["stdbuf", "-oL", "ip", "-n", netns, fam, "monitor", "rule"], stdout=subprocess.PIPE,
-                               text=True)
+    monitor = RuleMonitor(netns, "-6" if family == socket.AF_INET6 else "-4")
     try:
-        time.sleep(0.5)
+        monitor.mark()
         await kernel.remove_rule(netns, full)
-        time.sleep(0.5)
+        events = [line for line in monitor.mark() if "goto" in line]
     finally:
-        monitor.terminate()
-    events = [line for line in monitor.communicate()[0].splitlines() if "goto" in line]
+        monitor.stop()
     assert await kernel.own_rules(netns) == {one}
     host = peer.split("/")[0]
     assert [("Deleted" in e, "to " + host in e) for e in events] == [
