@@ -169,8 +169,10 @@ class Daemon:
 
 def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Path | None = None,
                  timeout: float = 600, args: tuple[str, ...] = (), netns: str | None = None) -> Daemon:
-    """The daemon on ``bus``; with ``netns`` it runs inside that namespace (``ip netns exec``
-    execs it, so the process is the daemon itself) and its own namespace is private to the test."""
+    """The daemon on ``bus``; with ``netns`` it runs inside that namespace (``nsenter`` execs
+    it, so the process is the daemon itself) and its own namespace is private to the test.
+    nsenter enters the network namespace only: ``ip netns exec`` would also give the daemon
+    a mount namespace of its own, where namespaces named after its start are not seen."""
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="xfrmid-state-"))
     config = state_dir.parent / (state_dir.name + ".conf")
     if config_text is not None:
@@ -178,7 +180,7 @@ def start_daemon(bus: PrivateBus, config_text: str | None = None, state_dir: Pat
     log = state_dir.parent / (state_dir.name + ".log")
     out = open(log, "ab")
     proc = subprocess.Popen(
-        (["ip", "netns", "exec", netns] if netns else [])
+        (["nsenter", f"--net=/run/netns/{netns}"] if netns else [])
         + [sys.executable, "-X", "faulthandler", "-m", "xfrmid.daemon", "--bus", bus.address, "--config", str(config),
          "--state-dir", str(state_dir), "--log-level", "debug", *args],
         stdout=out, stderr=subprocess.STDOUT, cwd=TOP,
