@@ -270,6 +270,18 @@ async def test_delete_busy_force_and_not_owned(manager, kernel):
     assert manager.interfaces() == []
 
 
+async def test_adopted_interface_deleted_by_its_maker_comes_back_as_ours(manager, kernel):
+    kernel.foreign_link("ipsec13", 13)
+    assert not (await manager.attach("ipsec13", "keeper")).info.owned
+    await manager.add_route("ipsec13", "keeper", "198.18.0.0/24")
+    del ns(kernel).links["ipsec13"]  # its maker took it away
+    await manager.reconcile_interface("ipsec13")
+    assert "ipsec13" in ns(kernel).links and manager.view((None, "ipsec13")).owned
+    # ours now: the last Detach deletes it
+    assert await manager.detach("ipsec13", "keeper")
+    assert "ipsec13" not in ns(kernel).links
+
+
 async def test_created_interface_survives_detach(manager, kernel):
     await manager.create_interface("ipsec12", mtu=1400)
     await manager.attach("ipsec12", "a")

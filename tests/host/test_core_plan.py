@@ -162,6 +162,14 @@ def test_adopt_identical_foreign_link():
     assert summarise(actions)["adopted"] == 1
 
 
+def test_adopted_link_deleted_by_its_maker_is_made_again_as_ours():
+    """pluto 4 deletes the device it made while another owner still holds it in xfrmid."""
+    d = iface("ipsec3", 3, owned=False, owners={"keeper": ((), ())})
+    actions = plan([d], view())
+    assert ops(actions) == [("adopt", "ipsec3"), ("create_link", "ipsec3")]
+    assert actions[0].owned is True and actions[0].category is None
+
+
 def test_create_cut_short_is_finished_not_adopted():
     # in xfrmid's group without its alias, down: the first of a create's two requests only
     half = LinkState(name="ipsec3", if_id=3, ifindex=103, link=None, mtu=1500, up=False, operstate="DOWN",

@@ -183,6 +183,8 @@ def plan_netns(inp: PlanInput) -> list[Action]:
                 add("conflict", d.name, None, f"if_id {spec.if_id} of {d.name} is used by interface {holder}")
                 status[d.name] = "conflict"
                 continue
+            if not d.owned:  # an adopted link its maker deleted while owners held it: ours now
+                add("adopt", d.name, None, f"interface {d.name} is made again by xfrmid, as its own", owned=True)
             add("create_link", d.name, "created", f"created interface {d.name}", link=spec)
             status[d.name] = "new"
             continue
