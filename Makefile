@@ -11,6 +11,9 @@ FLOORS := .ci/floor-constraints.txt
 # The kernel tests that exercise pyroute2's and dbus-fast's internals, run again on the floors.
 FLOOR_KERNEL_TESTS := test_links test_link_reaper test_addresses test_routes test_rules test_features \
 	test_monitor_events test_monitor_overrun test_bus_api test_bus_bulk_cli
+# libreswan 5.4, built from source for the real-pluto tests (Debian 12 ships 4.10):
+# what its lib/ and programs/ need with the features turned off below.
+LIBRESWAN_BUILD_DEPS := bison flex make libnss3-dev libnss3-tools libnspr4-dev libevent-dev libcap-ng-dev
 # busybox-static: virtme-ng boots Debian's kernel (9p and virtio are modules there)
 # through an initramfs it builds around a static busybox; without one it stops at once.
 # network-manager: xfrmid beside it and its VPN plugin (tests/kernel/test_networkmanager.py),
@@ -18,10 +21,11 @@ FLOOR_KERNEL_TESTS := test_links test_link_reaper test_addresses test_routes tes
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	dbus dbus-bin libsystemd-dev pkg-config gcc \
 	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan busybox-static \
-	network-manager libfaketime
+	network-manager libfaketime \
+	$(LIBRESWAN_BUILD_DEPS)
 REPORTS := build/reports
 
-.PHONY: all deps venv venv-floor test test-host test-kernel test-floor test-crash test-restart test-service-unit test-network-managers demo clean help bench
+.PHONY: all deps venv venv-floor libreswan test test-host test-kernel test-floor test-crash test-restart test-service-unit test-network-managers demo clean help bench
 
 all: help
 
@@ -65,8 +69,18 @@ test-host:
 	@mkdir -p $(REPORTS)
 	$(PY) -m pytest tests/host -q --junitxml=$(REPORTS)/host.xml
 
+# libreswan 5.4 for the real-pluto tests, built once into build/ (kept while the
+# tarball and the settings stay the same). LIBRESWAN_TARBALL: its source
+# (default: shared/libreswan/libreswan-5.4.tar.xz in the nearest parent directory
+# of the checkout that has it, i.e. ../shared). The programs are compiled for
+# LIBRESWAN_PREFIX, which the VM links to build/libreswan-5.4/prefix.
+LIBRESWAN_TARBALL ?=
+LIBRESWAN_PREFIX := /run/xfrmid-libreswan-5.4
+libreswan:
+	tests/libreswan/build "$(LIBRESWAN_TARBALL)" build/libreswan-5.4 $(LIBRESWAN_PREFIX)
+
 # One VM runs every kernel test; any failure or skip there fails the build.
-test-kernel:
+test-kernel: libreswan
 	@mkdir -p $(REPORTS)
 	rm -f $(REPORTS)/kernel.xml
 	XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-4800} tests/vm/run python -m pytest tests/kernel -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel.xml
