@@ -29,16 +29,30 @@ def test_source_ip_comes_before_the_route_and_only_when_not_local():
     assert got[3] == ("add_route", ("ipsec7", "west", "192.0.2.0/24"), {"src": "192.0.1.254", "metric": 5}, False)
 
 
-def test_fwmark_means_the_peer_pattern_and_tells_plutos_if_id():
+def test_fwmark_means_the_peer_pattern():
     p = plan({**BASE, "PLUTO_VERB": "route-client", "PLUTO_PEER_CLIENT": "0.0.0.0/0", "PLUTO_XFRMI_FWMARK": "7/0xffffffff"})
     assert p.steps[-1].options == {"peer": "192.1.2.23"} and p.steps[-1].args[2] == "0.0.0.0/0"
-    assert p.pluto_if_id == 7
-    assert plan({**BASE, "PLUTO_VERB": "up-client", "PLUTO_XFRMI_FWMARK": "9/0xff"}).pluto_if_id is None
 
 
-@pytest.mark.parametrize("verb", ["down-client", "unroute-client", "down-host-v6", "unroute-host"])
-def test_down_and_unroute_detach(verb):
+@pytest.mark.parametrize("name,if_id", [("ipsec7", 7), ("ipsec0", 16384), ("ipsec16383", 16383)])
+def test_plutos_if_id_comes_from_the_interface_name(name, if_id):
+    """pluto names the device ipsec<N> for ipsec-interface=N and puts if_id N on the SAs (ipsec0:
+    16384), with or without a user's own mark= in PLUTO_XFRMI_FWMARK."""
+    for fwmark in ("", f"{if_id}/0xffffffff", "9/0xff"):
+        p = plan({**BASE, "PLUTO_VERB": "up-client", "PLUTO_VIRT_INTERFACE": name, "PLUTO_XFRMI_FWMARK": fwmark})
+        assert p.pluto_if_id == if_id
+
+
+@pytest.mark.parametrize("verb", ["unroute-client", "unroute-host", "unroute-client-v6"])
+def test_unroute_detaches(verb):
     assert steps(verb) == [("detach", ("ipsec7", "west"), {}, False)]
+
+
+@pytest.mark.parametrize("verb", ["down-client", "down-host-v6", "prepare-client", "prepare-host"])
+def test_down_and_prepare_leave_everything(verb):
+    """down: the SA went but the connection stays routed until unroute, so its route stays and
+    its traffic waits for the next SA; prepare always comes right before route."""
+    assert steps(verb) == []
 
 
 def test_libreswan_routes_for_the_default():

@@ -15,7 +15,6 @@ in the guest, so the cases are few and each covers several variables.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 
 from .bus_fixtures import TOP, link_present, private_bus, xfrmid  # noqa: F401  (fixtures)
 from .conftest import ip, ip_run
+from .pluto_fixtures import PLUTO_CHILD_CAPS
 
 pytestmark = pytest.mark.kernel
 
@@ -47,6 +47,8 @@ def pluto_env(verb: str, conn: str, iface: str, **extra: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # pluto 4.10 runs updown through popen(), which passes its own environment on
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
         "PLUTO_VERB": verb, "PLUTO_CONNECTION": conn, "PLUTO_CONNECTION_TYPE": "tunnel",
         "PLUTO_VIRT_INTERFACE": iface, "PLUTO_INTERFACE": "eth0", "PLUTO_XFRMI_ROUTE": "yes",
         "PLUTO_NEXT_HOP": NEXT_HOP, "PLUTO_ME": ME, "PLUTO_MY_ID": "@west",
@@ -91,8 +93,16 @@ def reference(netns: str, iface: str, if_id: int, env: dict[str, str], verbs: li
         run_in(netns, ["/bin/sh", UPDOWN_XFRM], {**env, "PLUTO_VERB": verb})
 
 
+def as_pluto_child(major: int = 4) -> list[str]:
+    """setpriv to the capabilities pluto leaves the programs it runs (its bounding set,
+    which a root exec gets as its whole set; test_pluto_devices checks it on the real pluto)."""
+    keep = ",".join(f"+{cap}" for cap in PLUTO_CHILD_CAPS[major])
+    return ["setpriv", f"--bounding-set=-all,{keep}", "--inh-caps=-all"]
+
+
 def helper(netns: str, address: str, env: dict[str, str], verb: str) -> str:
-    return run_in(netns, [sys.executable, "-m", "xfrmid.integrations.updown", "--bus", address],
+    """The helper as pluto runs it: in pluto's namespace, with pluto's capabilities."""
+    return run_in(netns, [*as_pluto_child(), sys.executable, "-m", "xfrmid.integrations.updown", "--bus", address],
                   {**env, "PLUTO_VERB": verb}).stdout
 
 
@@ -155,13 +165,17 @@ def test_subnet_to_subnet_with_source_ip_and_interface_ip(xfrmid, netns_factory)
     env2 = pluto_env("route-client", "westnet-eastnet2", iface, **client_vars("192.0.1.0/24", "192.0.3.0/24", "192.1.2.23"))
     helper(ours, xfrmid.address, env2, "route-client")
     assert route_get(ours, "192.0.3.9") == (iface, None)
+    # down (the SA went, the connection stays routed) keeps the route: traffic waits for the
+    # next SA instead of leaving in clear by the default route; unroute takes it away
     helper(ours, xfrmid.address, env, "down-client")
+    assert route_get(ours, "192.0.2.9") == (iface, None)
+    helper(ours, xfrmid.address, env, "unroute-client")
     assert link_present(iface, ours)
     # one released IPv4 address stays while the second connection's IPv4 route goes through
     # the interface (the kernel would drop the route with the interface's last IPv4 address)
     assert interface_view(ours, iface)["addresses"] == [("inet", "192.0.1.254", 32)]
     assert [dict(r)["dst"] for r in routes_view(ours, iface)] == ["192.0.3.0/24"]
-    out = helper(ours, xfrmid.address, env2, "down-client")
+    out = helper(ours, xfrmid.address, env2, "unroute-client")
     assert "interface deleted" in out
     assert_clean(ours, iface)
 
@@ -184,7 +198,7 @@ def test_default_route_with_the_peer_inside(xfrmid, netns_factory):
     # ESP/IKE to the peer carry the output mark (if_id/0xffffffff) and leave by eth0
     assert route_get(ours, "203.0.113.23", if_id) == route_get(ref, "203.0.113.23", if_id) == ("eth0", NEXT_HOP)
 
-    helper(ours, xfrmid.address, env, "down-client")
+    helper(ours, xfrmid.address, env, "unroute-client")
     assert_clean(ours, iface)
     assert route_get(ours, "203.0.113.23") == ("eth0", NEXT_HOP)
 
@@ -202,3 +216,58 @@ def test_ipv6_client(xfrmid, netns_factory):
     assert routes_view(ours, iface) == routes_view(ref, iface)
     helper(ours, xfrmid.address, env, "unroute-client-v6")
     assert_clean(ours, iface)
+
+
+def test_namespace_found_with_plutos_capabilities(xfrmid, netns_factory):
+    """pluto's children cannot read pid 1's (or xfrmid's) /proc/PID/ns/net; the helper still
+    finds its namespace: by name under /run/netns, the daemon's own when it has none, and
+    one clear error for a namespace xfrmid cannot reach."""
+    for major in PLUTO_CHILD_CAPS:
+        probe = subprocess.run([*as_pluto_child(major), sys.executable, "-S", "-c",
+                                "import os\ntry: os.stat('/proc/1/ns/net')\nexcept PermissionError: print('refused')"],
+                               capture_output=True, text=True, timeout=120)
+        assert probe.stdout.strip() == "refused", probe
+    iface, conn = "ipsec4104", "caps"
+    env = pluto_env("route-client", conn, iface, **client_vars("192.0.1.0/24", "192.0.2.0/24", "192.1.2.23"))
+    cmd = [sys.executable, "-m", "xfrmid.integrations.updown", "--bus", xfrmid.address]
+    # the daemon's own namespace (the VM's, which has no name): no netns option
+    for verb in ("route-client", "unroute-client"):
+        proc = subprocess.run([*as_pluto_child(5), *cmd], env={**env, "PLUTO_VERB": verb}, cwd=TOP,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert link_present(iface) == (verb == "route-client")
+    # a namespace without a name
+    proc = subprocess.run(["unshare", "--net", *as_pluto_child(), *cmd], env={**env, "PLUTO_VERB": "route-client"},
+                          cwd=TOP, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+    assert "has no name under /run/netns and is not xfrmid's" in proc.stderr
+    assert not link_present(iface)
+
+
+def test_an_external_interface_is_refused_for_plutos_if_id(xfrmid, netns_factory):
+    """An external (collect_md) interface carries no if_id: pluto's SAs for ipsec-interface=N
+    (if_id N) would never reach it. One sentence, and the reference is dropped again."""
+    import asyncio
+
+    from xfrmid.client import Client
+
+    ours = netns_factory("ux")
+    iface = "ipsec4105"
+
+    async def on_client(what):
+        c = await Client.connect(xfrmid.address)
+        try:
+            return await what(c)
+        finally:
+            c.close()
+
+    asyncio.run(on_client(lambda c: c.create_interface(iface, netns=ours, external=True)))
+    env = pluto_env("route-client", "ext", iface, **client_vars("192.0.1.0/24", "192.0.2.0/24", "192.1.2.23"))
+    proc = subprocess.run(["ip", "netns", "exec", ours, *as_pluto_child(), sys.executable, "-m",
+                           "xfrmid.integrations.updown", "--bus", xfrmid.address], env=env, cwd=TOP,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+    assert f"xfrmid's {iface} is an external (collect_md) interface" in proc.stderr
+    assert "if_id 4105" in proc.stderr
+    assert asyncio.run(on_client(lambda c: c.interface_properties(iface, ours)))["Owners"] == []
+    asyncio.run(on_client(lambda c: c.delete_interface(iface, netns=ours)))

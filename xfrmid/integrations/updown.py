@@ -1,47 +1,28 @@
 """xfrmid-updown: the updown program a libreswan connection names in ``leftupdown=``.
 
-Stock libreswan (4.x) with ``ipsec-interface=N`` gets an xfrmid-managed
-``ipsecN``: Attach on route/up (with INTERFACE_IP and the source address),
-AddRoute as libreswan's _updown.xfrm would route, Detach on down/unroute.
-What it does is printed on stdout (pluto logs it); an error is one sentence
-on stderr and exit status 1, which pluto reports as a failed updown.
+A connection with ``ipsec-interface=N`` gets an xfrmid-managed ``ipsecN`` in
+the network namespace pluto runs in: Attach on route/up (with INTERFACE_IP and
+the source address), AddRoute as libreswan's _updown.xfrm would route, Detach
+on unroute. What it does is printed on stdout (pluto logs it); an error is one
+sentence on stderr and exit status 1, which pluto reports as a failed updown.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import ipaddress
 import os
 import socket
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..client import Client
-from ..errors import Conflict, InvalidArgument, XfrmidError
+from ..errors import Conflict, XfrmidError
+from .netns_identify import own_netns
 from .updown_plan import Plan, Step, plan
 
-NETNS_DIR = Path("/run/netns")
-
-
-def own_netns() -> str | None:
-    """The /run/netns name of the namespace this process runs in (None: the init namespace)."""
-    mine = os.stat("/proc/self/ns/net")
-    try:
-        init = os.stat("/proc/1/ns/net")
-        if (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino):
-            return None
-    except OSError:
-        return None  # no view of pid 1's namespace: assume we share it
-    for entry in sorted(NETNS_DIR.glob("*")) if NETNS_DIR.is_dir() else ():
-        try:
-            st = entry.stat()
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-            return entry.name
-    raise InvalidArgument("This network namespace has no name under /run/netns; give it with --netns.")
+if TYPE_CHECKING:
+    from ..client import Client
 
 
 def is_local(cidr: str) -> bool:
@@ -68,12 +49,29 @@ async def run(p: Plan, client: Client, netns: str | None, say) -> None:
                 continue
         result = await getattr(client, step.method)(*step.args, netns=netns, **step.options)
         say(f"xfrmid: {step}" + _result(step, result))
-        if step.method == "attach" and p.pluto_if_id is not None and result.if_id != p.pluto_if_id:
-            await client.detach(p.interface, p.owner, netns=netns)
-            raise Conflict(
-                f"Interface {p.interface!r} has if_id {result.if_id} in xfrmid but pluto uses "
-                f"{p.pluto_if_id} for connection {p.owner!r}."
-            )
+        if step.method == "attach":
+            await _check_attached(p, client, netns, result.if_id, say)
+
+
+async def _check_attached(p: Plan, client: Client, netns: str | None, if_id: int, say) -> None:
+    """The interface must carry the if_id pluto puts on the SAs; say whose device it is."""
+    props = await client.interface_properties(p.interface, netns)
+    if p.pluto_if_id is not None and (props.get("External") or if_id != p.pluto_if_id):
+        await client.detach(p.interface, p.owner, netns=netns)
+        what = "is an external (collect_md) interface" if props.get("External") else f"has if_id {if_id}"
+        raise Conflict(
+            f"xfrmid's {p.interface} {what}, but pluto puts if_id {p.pluto_if_id} on the SAs of "
+            f"connection {p.owner!r} (ipsec-interface={_number(p.interface)}); change that interface "
+            "in xfrmid.conf or choose another ipsec-interface=."
+        )
+    if not props.get("Owned", True):
+        say(f"{p.interface} was not created by xfrmid (libreswan 4 creates its ipsec-interface when it "
+            "installs the first SA): xfrmid uses it as it is and pluto deletes it with its last "
+            "connection; see xfrmid-updown(8) to let xfrmid own it")
+
+
+def _number(name: str) -> str:
+    return name.removeprefix("ipsec")
 
 
 def _result(step: Step, result) -> str:
@@ -100,25 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def amain(args: argparse.Namespace, env: dict[str, str]) -> int:
-    p = plan(env)
-    for note in p.notes:
-        print(note, flush=True)
-    if not p.steps:
-        return 0
-    netns = own_netns() if args.netns is None else (args.netns or None)
+async def apply(args: argparse.Namespace, p: Plan) -> None:
+    from ..client import Client  # imported only when there is something to ask: pluto waits for us
+
     client = await Client.connect(args.bus)
     try:
+        netns = own_netns(await client.daemon_pid()) if args.netns is None else (args.netns or None)
         await run(p, client, netns, lambda line: print(line, flush=True))
     finally:
         client.close()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(amain(args, dict(os.environ)))
+        p = plan(dict(os.environ))
+        for note in p.notes:
+            print(note, flush=True)
+        if p.steps:
+            import asyncio
+
+            asyncio.run(apply(args, p))
+        return 0
     except XfrmidError as exc:
         print(f"xfrmid-updown: {exc}", file=sys.stderr)
         return 1

@@ -14,12 +14,19 @@ touches the XFRM interface):
   ``peer`` pattern does the same job;
 - up-* and route-*: ``PLUTO_MY_SOURCEIP``/32 (/128) on the interface when the
   address is not local yet (addsource);
+- down-*: nothing of the interface's: the route stays while the connection is
+  routed, so its traffic waits for the next SA instead of leaving in clear by
+  the default route (pluto 4.x runs only ``down`` when a routed connection's
+  SA goes, ``unroute`` when the connection itself goes);
 - unroute-*: the route and the source address go again.
 
-pluto itself creates the device and puts ``interface-ip=`` (INTERFACE_IP) on
-it; here xfrmid does both (Attach, AddAddress). The interface is shared
-between connections by xfrmid's per-owner references: owner is
-PLUTO_CONNECTION, and Detach drops exactly what that connection added.
+pluto itself (libreswan 4.x, and 5.x unless ``ipsec-interface-managed=no``)
+creates the device and puts ``interface-ip=`` (INTERFACE_IP) on it; here
+xfrmid does both (Attach, AddAddress). The interface is shared between
+connections by xfrmid's per-owner references: owner is PLUTO_CONNECTION, and
+Detach drops exactly what that connection added. pluto names the device
+``ipsec<N>`` and puts if_id N on the SAs and policies (``ipsec0``: 16384), the
+same rule as xfrmid's, so the if_id Attach returns must be that one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
+from ..naming import derived_if_id
 
 # _updown.xfrm routes 0.0.0.0/0 as 0.0.0.0/1 + 128.0.0.0/1, which xfrmid's own
 # split of 0.0.0.0/0 also installs (with one peer rule for both halves), but
@@ -56,7 +64,7 @@ class Plan:
     interface: str | None  # None: the connection has no ipsec-interface=
     owner: str
     steps: tuple[Step, ...]
-    pluto_if_id: int | None = None  # the if_id pluto put on the SAs, when the env tells
+    pluto_if_id: int | None = None  # the if_id pluto puts on the SAs and policies
     notes: tuple[str, ...] = ()
 
 
@@ -84,24 +92,16 @@ def destination(peer_client: str) -> str:
     return _LIBRESWAN_DEFAULT.get(str(net), str(net))
 
 
-def mark_if_id(fwmark: str) -> int | None:
-    """The if_id in pluto's PLUTO_XFRMI_FWMARK 'N/0xffffffff' (None for a user's own mark=)."""
-    value, _, mask = fwmark.partition("/")
-    try:
-        return int(value, 0) if int(mask or "0xffffffff", 0) == 0xFFFFFFFF else None
-    except ValueError:
-        raise InvalidArgument(f"PLUTO_XFRMI_FWMARK {fwmark!r} is not mark/mask.") from None
-
-
 def plan(env: dict[str, str]) -> Plan:
     verb, _kind = split_verb(_need(env, "PLUTO_VERB"))
     owner = _need(env, "PLUTO_CONNECTION")
     name = env.get("PLUTO_VIRT_INTERFACE", "NULL")
     if name in ("", "NULL") or env.get("PLUTO_XFRMI_ROUTE") != "yes":
         return Plan(verb, None, owner, (), notes=(f"connection {owner} has no ipsec-interface=; nothing to do",))
-    if verb == "prepare":
+    if verb in ("prepare", "down"):
+        # prepare always runs right before route; down leaves the route for the next SA
         return Plan(verb, name, owner, ())
-    if verb in ("down", "unroute"):
+    if verb == "unroute":
         return Plan(verb, name, owner, (Step("detach", (name, owner)),))
 
     steps = [Step("attach", (name, owner))]
@@ -132,8 +132,4 @@ def plan(env: dict[str, str]) -> Plan:
         if env.get("PLUTO_MTU"):
             notes.append(f"route MTU {env['PLUTO_MTU']} is not supported by xfrmid and is left out")
         steps.append(Step("add_route", (name, owner, destination(peer_client)), options))
-    return Plan(
-        verb, name, owner, tuple(steps),
-        pluto_if_id=mark_if_id(fwmark) if fwmark else None,
-        notes=tuple(notes),
-    )
+    return Plan(verb, name, owner, tuple(steps), pluto_if_id=derived_if_id(name), notes=tuple(notes))
