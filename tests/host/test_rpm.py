@@ -121,14 +121,24 @@ def _bundled_sources(libraries: tuple[str, ...], sources: Path) -> None:
         shutil.copy(found, sources / found.name)
 
 
+def _unspaced(workdir: Path, path: str | Path) -> Path:
+    """``path`` (inside the checkout) through a symlink to the checkout without spaces: rpm's
+    macros paste %__python3 and %_harnessdir into shell commands unquoted."""
+    link = workdir / "checkout"
+    if not link.is_symlink():
+        link.symlink_to(TOP)
+    path = Path(path)
+    return link / path.relative_to(TOP) if path.is_relative_to(TOP) else path
+
+
 def _rpmbuild(workdir: Path, defines: dict[str, str], check: bool) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             _tool("rpmbuild"), "-bb", "--nodeps", *([] if check else ["--nocheck"]),
             "--load", str(HARNESS / "macros.fedora-compat"),
             "--define", f"_topdir {workdir / 'rpmbuild'}",
-            "--define", f"__python3 {PYTHON}",
-            "--define", f"_harnessdir {HARNESS}",
+            "--define", f"__python3 {_unspaced(workdir, PYTHON)}",
+            "--define", f"_harnessdir {_unspaced(workdir, HARNESS)}",
             *(arg for key, value in defines.items() for arg in ("--define", f"{key} {value}")),
             str(SPEC),
         ],

@@ -59,7 +59,8 @@ def test_verify_is_clean(tmp_path, manpath):
     script = BIN / "xfrmid"
     assert script.exists(), "the xfrmid console script is missing: pip install -e ."
     copy = tmp_path / "xfrmid.service"
-    copy.write_text(UNIT.read_text().replace("ExecStart=/usr/bin/xfrmid", f"ExecStart={script}"))
+    # quoted: a checkout's path may hold a space
+    copy.write_text(UNIT.read_text().replace("ExecStart=/usr/bin/xfrmid", f'ExecStart="{script}"'))
     result = subprocess.run(
         [_tool("systemd-analyze"), "verify", str(copy)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "MANPATH": str(manpath)},
