@@ -128,6 +128,10 @@ def _install_xfrmid(made: Root) -> None:
         # would hide it from the service again.
         made.options.append(f"--bind-ro={TOP}")
         write(root, "/etc/systemd/system/xfrmid.service.d/tmp-checkout.conf", "[Service]\nPrivateTmp=no\n")
+    if TOP.is_relative_to("/root") or TOP.is_relative_to("/home"):
+        # A root user's clone: ProtectHome= would hide the venv from the service too.
+        write(root, "/etc/systemd/system/xfrmid.service.d/home-checkout.conf",
+              f'[Service]\nBindReadOnlyPaths="{TOP}"\n')
     install(root, TOP / "dbus/org.xfrmid1.conf", "/usr/share/dbus-1/system.d/org.xfrmid1.conf")
     install(root, TOP / "dbus/org.xfrmid1.service", "/usr/share/dbus-1/system-services/org.xfrmid1.service")
     install(root, TOP / "systemd/xfrmid.sysusers", "/usr/lib/sysusers.d/xfrmid.conf")
