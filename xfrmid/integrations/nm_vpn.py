@@ -78,6 +78,7 @@ class Plugin(ServiceInterface):
         self.state = State.INIT
         self.tunnel: settings.Tunnel | None = None
         self.attached: Any = None  # xfrmid.client.Attachment
+        self.netns: str | None = None  # this process's namespace, as xfrmid names it
         self.local: settings.IPAddress | None = None
         self._task: asyncio.Task | None = None
         self._idle = asyncio.get_running_loop().call_later(IDLE_QUIT, self._idle_quit)
@@ -199,12 +200,14 @@ class Plugin(ServiceInterface):
     async def _bring_up(self, tunnel: settings.Tunnel) -> None:
         from ..client import Client  # after the bus name is ours: NetworkManager waits 5 s for it
         from . import nm_vpn_esp as esp
-        from .updown import own_netns
+        from .netns_identify import own_netns
 
         try:
             self.local = tunnel.local or await esp.source_for(tunnel.remote)
-            self.attached = await Client(self.bus).attach(
-                tunnel.interface, tunnel.uuid, netns=own_netns(), bind_to_caller=True)
+            client = Client(self.bus)
+            self.netns = own_netns(await client.daemon_pid())
+            self.attached = await client.attach(
+                tunnel.interface, tunnel.uuid, netns=self.netns, bind_to_caller=True)
             log.info("xfrmid attached %s: if_id %d, output mark 0x%x/0x%x", tunnel.interface,
                      self.attached.if_id, self.attached.mark, self.attached.mask)
             await esp.install(tunnel, self.local, self.attached.if_id, self.attached.mark, self.attached.mask)
@@ -242,12 +245,11 @@ class Plugin(ServiceInterface):
             return
         from ..client import Client
         from . import nm_vpn_esp as esp
-        from .updown import own_netns
 
         if local is not None:
             await esp.remove(tunnel, local, attached.if_id)
         try:
-            await Client(self.bus).detach(tunnel.interface, tunnel.uuid, netns=own_netns())
+            await Client(self.bus).detach(tunnel.interface, tunnel.uuid, netns=self.netns)
             log.info("xfrmid detached %s", tunnel.interface)
         except NotFound:
             pass
