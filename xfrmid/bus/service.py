@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.constants import MessageFlag, NameFlag, RequestNameReply
@@ -37,6 +37,9 @@ from .names import (
 )
 from .objects import CALLER, OPEN_METHODS, ManagerInterface, changed_properties
 from .tree import InterfaceTree, as_variants, variants
+
+if TYPE_CHECKING:
+    from ..core.manager import Manager
 
 log = logging.getLogger("xfrmid.bus")
 
@@ -66,7 +69,7 @@ def connect_bus(bus: str) -> XfrmidMessageBus:
 class BusService:
     """The Manager's presence on one bus; also its ManagerListener."""
 
-    def __init__(self, manager: Any, bus: XfrmidMessageBus, reload: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, manager: Manager, bus: XfrmidMessageBus, reload: Callable[[], Awaitable[None]]) -> None:
         self._manager = manager
         self._bus = bus
         self._access = AccessControl(bus)
@@ -97,9 +100,8 @@ class BusService:
         self._bus.add_message_handler(self._on_message)
         await self._add_match(_NAME_OWNER_CHANGED)
         self._bus.export(MANAGER_PATH, self._root)
-        # the views the manager already published (no second copy of each) when it offers them
-        published = getattr(self._manager, "published", None)
-        for info in published() if published is not None else self._manager.interfaces():
+        # the views the manager already published: no second copy of each
+        for info in self._manager.published():
             self._tree.put(info)
         self._count = len(self._tree)
         self._manager.subscribe(self)
@@ -183,8 +185,7 @@ class BusService:
     async def _release_departed_callers(self) -> None:
         """bind_to_caller references restored from the state file whose client left
         while the daemon was not watching (restart): release them now."""
-        bound = getattr(self._manager, "bound_callers", None)
-        for caller in sorted(bound() if bound is not None else ()):
+        for caller in sorted(self._manager.bound_callers()):
             if await bus_daemon_call(self._bus, "NameHasOwner", "s", [caller]) is False:
                 await self._vanished(caller)
 

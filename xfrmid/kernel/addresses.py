@@ -19,7 +19,7 @@ from ..validate import parse_interface_cidr
 from . import nlattrs
 from .netlink import F_CREATE, F_REQ, IFA_ADDRESS, IFA_LOCAL, IFADDR
 from .links import index_of
-from .namespace import where
+from ..errors import where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_PROTO, AddressSpec
 

@@ -42,8 +42,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import NotFound, XfrmidError
-from .namespace import where
+from ..errors import NotFound, XfrmidError, where
 from .netlink import RTM_DELLINK, RTM_NEWLINK, ifinfo, link_attrs
 from .nlerrors import code_of, translate
 from .objects import XFRMID_DELETING_GROUP

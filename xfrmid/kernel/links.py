@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from ..errors import Conflict, InvalidArgument, NotFound, XfrmidError
+from ..errors import Conflict, InvalidArgument, NotFound, XfrmidError, where
 from ..naming import Identity, check_ifname, check_unique
 from . import batch, link_msgs, xfrm_kind
 from .link_msgs import KIND, get_link, names_by_get, xfrm_state
-from .namespace import where
 from .netlink import (
     F_CREATE,
     F_REQ,

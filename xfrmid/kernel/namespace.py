@@ -17,18 +17,13 @@ import socket
 import threading
 from collections.abc import Callable
 
-from ..errors import Failed, NotFound
+from ..errors import Failed, NotFound, where
 from ..validate import NETNS_DIR
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def where(netns: str | None) -> str:
-    """' in namespace 'blue'' or '' for the daemon's own, for messages."""
-    return f" in namespace {netns!r}" if netns else ""
 
 
 def netns_path(netns: str) -> str:

@@ -18,14 +18,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from ..errors import Conflict, InvalidArgument
+from ..errors import Conflict, InvalidArgument, where
 from ..naming import check_ifname, check_u32
 from ..validate import family_of, parse_address, parse_network
 from . import nlattrs
 from .netlink import F_CREATE, F_REQ, RTMSG
 from . import link_msgs
 from .links import index_of, names_of
-from .namespace import where
 from .nlerrors import code_of, translate
 from .objects import MAIN_TABLE, XFRMID_PROTO, RouteSpec
 

@@ -19,12 +19,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELRULE, RTM_GETRULE, RTM_NEWRULE
 from pyroute2.netlink.rtnl.fibmsg import FR_ACT_GOTO, FR_ACT_NOP, FR_ACT_TO_TBL, fibmsg
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, where
 from ..naming import check_u32
 from ..validate import parse_network
 from . import nlattrs
 from .netlink import F_CREATE, F_REQ, FIBRULE
-from .namespace import where
 from .nlerrors import code_of, translate
 from .objects import XFRMID_PROTO, RuleSpec
 
