@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import time
 
@@ -74,8 +75,8 @@ SITE = next((BIN.parent / "lib").glob("python3*/site-packages"))
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 LAUNCHER = f"""#!/bin/sh
 unset LD_PRELOAD FAKETIME
-export PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{TOP}:{SITE}"
-exec {BIN / 'python'} -S -c 'import sys; from xfrmid.integrations.nm_vpn import main; sys.exit(main())' "$@"
+export PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}"{shlex.quote(f"{TOP}:{SITE}")}
+exec {shlex.quote(str(BIN / 'python'))} -S -c 'import sys; from xfrmid.integrations.nm_vpn import main; sys.exit(main())' "$@"
 """
 
 
