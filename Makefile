@@ -120,7 +120,7 @@ test-service-unit: venv
 
 # xfrmid beside Debian's systemd-networkd and NetworkManager (and its VPN plugin,
 # which NetworkManager starts), each in a container under real systemd; also
-# part of `make test`. What each action did: build/network-managers/.
+# part of `make test`. What each action did: build/reports/network-managers/.
 test-network-managers: venv
 	@mkdir -p $(REPORTS)
 	XFRMID_VM_DIR=build/vm-network-managers tests/vm/run python -m pytest tests/kernel/test_networkd.py tests/kernel/test_networkmanager.py -q -p no:cacheprovider --junitxml=$(REPORTS)/kernel-network-managers.xml

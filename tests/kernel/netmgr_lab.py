@@ -31,7 +31,7 @@ XFRMID_ADDRESS, XFRMID_ROUTE, XFRMID_PEER = "10.77.0.1/32", "10.77.1.0/24", "198
 # the manager's own objects on the uplink
 MANAGER_ROUTE, MANAGER_TABLE_ROUTE, MANAGER_TABLE, MANAGER_RULE_PRIO = "203.0.113.0/24", "192.0.2.128/25", 100, 200
 REPAIR_LIMIT = 2.0  # seconds within which xfrmid puts back what a manager removed
-OUT = nspawn.TOP / "build" / "network-managers"
+OUT = nspawn.TOP / "build" / "reports" / "network-managers"  # CI brings build/reports back
 _BUS = "busctl --timeout=600 call org.xfrmid1 /org/xfrmid1 org.xfrmid1.Manager"
 
 
