@@ -67,6 +67,7 @@ test: venv venv-floor
 
 test-host:
 	@mkdir -p $(REPORTS)
+	$(VENV)/bin/xfrmid --version
 	$(PY) -m pytest tests/host -q --junitxml=$(REPORTS)/host.xml
 
 # libreswan 5.4 for the real-pluto tests, built once into build/ (kept while the
