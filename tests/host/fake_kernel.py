@@ -334,3 +334,13 @@ class FakeKernel:
 
     async def close(self) -> None:
         pass
+
+
+def ns(kernel: FakeKernel, netns: str | None = None):
+    """One namespace of the fake kernel (its links, addresses, routes and rules)."""
+    return kernel.ns[netns]
+
+
+def main_routes(kernel: FakeKernel, netns: str | None = None) -> set[tuple]:
+    """The namespace's routes as (destination, device, table, source)."""
+    return {(r.dst, r.dev, r.table, r.src) for r in ns(kernel, netns).routes}

@@ -7,16 +7,12 @@ import pytest
 
 from xfrmid.errors import Busy, Conflict, InvalidArgument, NotFound, NotOwned
 
-from fake_kernel import FakeKernel
+from fake_kernel import FakeKernel, ns
 
 
 @pytest.fixture
 def kernel():
     return FakeKernel()
-
-
-def ns(kernel, netns=None):
-    return kernel.ns[netns]
 
 
 async def test_delete_interfaces_in_one_change(manager, kernel):

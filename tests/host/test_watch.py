@@ -1,9 +1,9 @@
 """Watcher: debounce, coalescing, max delay, drift judgement, resync, resilience.
 
-Pure logic: a fake monitor factory, events fed by hand; the kernel side is
-tested in the VM (tests/kernel/test_monitor_*.py). Every test runs on a
-virtual clock (virtual_clock.py): time passes only while the loop waits, so
-the timings asserted are the watcher's own, never the machine's load.
+Pure logic: a fake monitor factory, events fed by hand (watch_fakes.py); the
+kernel side is tested in the VM (tests/kernel/test_monitor_*.py). Every test
+runs on a virtual clock (virtual_clock.py): time passes only while the loop
+waits, so the timings asserted are the watcher's own, never the machine's load.
 """
 
 from __future__ import annotations
@@ -11,96 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from contextlib import asynccontextmanager
 
 import pytest
 
-from xfrmid.core.views import InterfaceInfo
-from xfrmid.core.watch import COST_FACTOR, Watcher
-from xfrmid.errors import Failed, NotFound
-from xfrmid.kernel.events import AddressEvent, LinkEvent, ResyncEvent, RouteEvent, RuleEvent
+from xfrmid.kernel.events import AddressEvent, ResyncEvent, RouteEvent, RuleEvent
 
-from virtual_clock import on_virtual_clock
-
-QUIET = 0.03
-MAX_DELAY = 0.15
-
-
-def info(name="ipsec1", netns="", ifindex=10, mtu=1400, addresses=(), routes=()) -> InterfaceInfo:
-    return InterfaceInfo(
-        name=name, if_id=1, netns=netns, ifindex=ifindex, link="", mtu=mtu, external=False,
-        operstate="up", owned=True, owners=("conn",), addresses=tuple(addresses),
-        routes=tuple(routes), mark=1, mask=0xFFFFFFFF,
-    )
-
-
-def link(name="ipsec1", ifindex=10, *, netns=None, deleted=False, up=True, mtu=1400, kind="xfrm", managed=True):
-    return LinkEvent(netns, deleted, ifindex, name, kind, up, "up" if up else "down", mtu, 120, managed)
-
-
-class FakeMonitor:
-    def __init__(self, registry, netns, on_event, interest, fail=False):
-        self.netns, self.on_event, self.interest, self.fail = netns, on_event, interest, fail
-        self.started = self.closed = self.running = False
-        registry[netns] = self
-
-    async def start(self):
-        self.started = True
-        if self.fail:
-            raise NotFound(f"Network namespace {self.netns!r} does not exist.")
-        self.running = True
-
-    async def close(self):
-        self.closed, self.running = True, False
-
-
-class Recorder:
-    """The injected reconcile: counts calls, can fail or be slow."""
-
-    def __init__(self):
-        self.calls = 0
-        self.times: list[float] = []  # loop time of each call
-        self.fail_next = 0
-        self.delay = 0.0
-        self.started = asyncio.Event()
-
-    async def __call__(self):
-        self.calls += 1
-        self.times.append(asyncio.get_running_loop().time())
-        self.started.set()
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise Failed("Dumping links failed: the kernel ran out of memory.")
-        return {"created": 0, "repaired": 1, "adopted": 0, "removed": 0}
-
-
-@asynccontextmanager
-async def watching():
-    """A started watcher over fake monitors, managing ipsec1; (watcher, reconcile, monitors, missing)."""
-    rec = Recorder()
-    monitors: dict = {}
-    missing: set = set()
-
-    def factory(netns, on_event, interest):
-        return FakeMonitor(monitors, netns, on_event, interest, fail=netns in missing)
-
-    w = Watcher(rec, quiet=QUIET, max_delay=MAX_DELAY, monitor_factory=factory)
-    w.set_interfaces([info(addresses=("10.1.0.1/24", "2001:db8::1/64"), routes=(("10.2.0.0/16", 254, ""),))])
-    await w.start()
-    try:
-        yield w, rec, monitors, missing
-    finally:
-        await w.stop()
-
-
-watched = on_virtual_clock(watching)
-
-
-async def settle(w: Watcher) -> None:
-    """Until the events fed so far are judged and what they call for is done."""
-    await asyncio.wait_for(w.idle(), 5)
+from watch_fakes import MAX_DELAY, QUIET, Storm, info, link, settle, watched
 
 
 @watched
@@ -121,26 +37,6 @@ async def test_many_objects_in_one_burst_coalesce(env):
     w.feed(link(deleted=True))
     await settle(w)
     assert rec.calls == 1
-
-
-class Storm:
-    """Events fed back to back, one every QUIET/4 of loop time: never quiet for QUIET."""
-
-    def __init__(self, w: Watcher) -> None:
-        self.w = w
-        self.start = self.end = 0.0
-
-    async def run(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.start = loop.time()
-        while loop.time() < self.start + seconds:
-            self.w.feed(link(up=False))
-            await asyncio.sleep(QUIET / 4)
-        self.end = loop.time()
-
-    def during(self, times: list[float]) -> list[float]:
-        """The calls that started while the storm went on (since its start)."""
-        return [t - self.start for t in times if t < self.end]
 
 
 @watched
@@ -370,137 +266,3 @@ async def test_missing_namespace_is_logged_not_raised(env, caplog):
     await w.monitors_started()
     assert monitors["gone"].started
     assert "cannot monitor netns 'gone' yet" in caplog.text
-
-
-class One:
-    def __init__(self, fail=False):
-        self.calls: list[tuple[str, str | None]] = []
-        self.fail = fail
-
-    async def __call__(self, name, netns):
-        self.calls.append((name, netns))
-        if self.fail:
-            raise NotFound(f"Interface {name!r} is not managed by xfrmid.")
-        return {"repaired": 1}
-
-
-@watched
-async def test_few_known_interfaces_are_repaired_one_by_one(env):
-    w, rec, *_ = env
-    one = w.reconcile_one = One()
-    w.interface_added(info(name="ipsec2", netns="blue", ifindex=3, routes=(("10.8.0.0/16", 1000, ""),)))
-    w.feed(link(deleted=True))
-    w.feed(AddressEvent(None, True, 10, "10.1.0.1/24", 0))
-    w.feed(RouteEvent("blue", True, socket.AF_INET, "10.8.0.0/16", 1000, 120, 3, None, 1))
-    await settle(w)
-    assert sorted(one.calls, key=str) == [("ipsec1", None), ("ipsec2", "blue")]
-    assert rec.calls == 0 and w.repairs == 2
-
-
-@pytest.mark.parametrize("event", [
-    ResyncEvent(None, "netlink socket overrun (ENOBUFS)", overrun=True),
-    RuleEvent(None, True, socket.AF_INET, 100, 50, 120, "192.0.2.1/32", None, 1),
-], ids=["resync", "rule"])
-@watched
-async def test_unattributable_drift_gets_a_full_reconcile(env, event):
-    w, rec, *_ = env
-    one = w.reconcile_one = One()
-    w.feed(link(deleted=True))
-    w.feed(event)
-    await settle(w)
-    assert rec.calls == 1 and one.calls == []
-
-
-@watched
-async def test_many_interfaces_get_one_full_reconcile(env):
-    w, rec, *_ = env
-    one = w.reconcile_one = One()
-    w.set_interfaces([info(name=f"ipsec{i}", ifindex=100 + i) for i in range(40)])
-    for i in range(40):
-        w.feed(link(name=f"ipsec{i}", ifindex=100 + i, deleted=True))
-    await settle(w)
-    assert rec.calls == 1 and one.calls == []
-
-
-@watched
-async def test_failing_single_repair_falls_back_to_full(env):
-    w, rec, *_ = env
-    w.reconcile_one = One(fail=True)
-    w.feed(link(deleted=True))
-    await settle(w)
-    assert rec.calls == 1 and w.failures == 0
-
-
-@watched
-async def test_drift_on_an_interface_being_changed_waits_for_the_change(env):
-    w, rec, *_ = env
-    one = w.reconcile_one = One()
-    with w.holding(None, "ipsec1"):
-        w.feed(link(deleted=True))  # xfrmid deleting it on purpose...
-        await asyncio.sleep(QUIET * 4)
-        assert one.calls == [] and rec.calls == 0
-        w.interface_removed(info())  # ...and publishing that when done
-    await settle(w)
-    assert one.calls == [] and rec.calls == 0
-
-
-@watched
-async def test_held_interface_still_repaired_after_release(env):
-    w, rec, *_ = env
-    one = w.reconcile_one = One()
-    with w.holding(None, "ipsec1"):
-        w.feed(link(up=False))
-        await asyncio.sleep(QUIET * 3)
-        assert one.calls == []
-    await settle(w)
-    assert one.calls == [("ipsec1", None)]
-
-
-@watched
-async def test_holding_everything_defers_everything(env):
-    w, rec, *_ = env
-    with w.holding():
-        w.feed(link(deleted=True))
-        await asyncio.sleep(QUIET * 3)
-        assert rec.calls == 0
-    await settle(w)
-    assert rec.calls == 1
-
-
-@watched
-async def test_other_interfaces_are_not_held_up(env):
-    w, rec, *_ = env
-    one = w.reconcile_one = One()
-    w.interface_added(info(name="ipsec2", ifindex=12))
-    with w.holding(None, "ipsec2"):
-        w.feed(link(deleted=True))
-        await settle(w)
-        assert one.calls == [("ipsec1", None)]
-
-
-@watched
-async def test_slow_repairs_stretch_the_storm_interval(env):
-    w, rec, *_ = env
-    rec.delay = 0.2  # a repair costs more than max_delay
-    storm = Storm(w)
-    await storm.run(1.2)
-    await settle(w)
-    # back to back (0.2 s each, max_delay 0.15) would be ~6; stretched to COST_FACTOR x
-    # 0.2 s from the first event after each repair, the loop keeps at least as much time
-    # for everything else as the repairs take
-    during = storm.during(rec.times)
-    assert during[0] == pytest.approx(MAX_DELAY, abs=0.001)
-    stretched = COST_FACTOR * rec.delay
-    gaps = [b - a for a, b in zip(during, during[1:])]
-    assert gaps and all(stretched - 0.001 <= gap <= stretched + QUIET / 4 + 0.001 for gap in gaps), gaps
-    assert len(during) == 3, during
-
-
-@watched
-async def test_hold_takes_the_managers_key(env):
-    w, rec, *_ = env
-    with w.hold((None, "ipsec1")):
-        assert (None, "ipsec1") in w._held
-    with w.hold():
-        assert w._held_all == 1
-    assert not w._held and w._held_all == 0
