@@ -306,7 +306,7 @@ class FakeKernel:
         ns.routes.add(spec)
         self._route_event(netns, spec, deleted=False)
 
-    async def remove_route(self, netns, spec: RouteSpec) -> None:
+    async def remove_route(self, netns, spec: RouteSpec, *, sole: bool = False) -> None:
         self._op("remove_route", spec)
         ns = self._ns(netns)
         spec = norm_route(spec)

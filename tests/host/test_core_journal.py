@@ -12,6 +12,8 @@ import asyncio
 import json
 import logging
 import os
+from dataclasses import replace
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
@@ -19,6 +21,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from xfrmid.core.desired import DesiredInterface, DesiredState, Owner
 from xfrmid.core.manager import Manager
 from xfrmid.core.routes_policy import RouteRequest
+from xfrmid.core import store as store_module
 from xfrmid.core.store import StateStore
 from xfrmid.errors import Failed
 from xfrmid.settings import Settings
@@ -264,34 +267,46 @@ OPS = st.lists(
 )
 
 
-def mutate(state: DesiredState, op: str, n: int, m: int):
+def mutate(state: DesiredState, op: str, n: int, m: int) -> tuple:
+    """Change the state; (the key changed, the owners changed: None when any may have)."""
     key = (None if n % 2 else "blue", f"ipsec{n}")
     iface = state.get(key)
     if op == "put" or iface is None:
         state.put(DesiredInterface(netns=key[0], name=key[1], if_id=n, mtu=1400 + m))
     elif op == "owner":
-        iface.owners[f"o{m}"] = Owner(f"o{m}", addresses={f"192.0.2.{m}/24"})
+        name = f"o{m}"
+        iface.set_owner(name, None if name in iface.owners else Owner(name, addresses={f"192.0.2.{m}/24"}))
+        return key, {name}
     elif op == "route":
-        owner = iface.owners.setdefault("r", Owner("r"))
-        owner.routes.add(RouteRequest(f"10.{n}.{m}.0/24", metric=m or None))
+        owner = iface.owners.get("r") or Owner("r")
+        iface.set_owner("r", replace(owner, routes=owner.routes | {RouteRequest(f"10.{n}.{m}.0/24", metric=m or None)}))
+        return key, {"r"}
     elif op == "drop":
         state.drop(key)
     else:
         state.retired.setdefault(key, set()).add(f"198.51.100.{m}/24")
-    return key
+        return key, set()
+    return key, None
 
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=OPS, compact_min=st.sampled_from([0, 300, 1 << 20]), cut=st.floats(0, 1))
-async def test_any_sequence_reloads_and_a_cut_write_loads_before_or_after(tmp_path_factory, ops, compact_min, cut):
+@given(ops=OPS, compact_min=st.sampled_from([0, 300, 1 << 20]), cut=st.floats(0, 1), split=st.sampled_from([1, 32]))
+async def test_any_sequence_reloads_and_a_cut_write_loads_before_or_after(tmp_path_factory, ops, compact_min, cut,
+                                                                         split):
+    """``split``: from how many owners on an interface is written by parts (1: every one with an owner)."""
+    with mock.patch.object(store_module, "SPLIT_OWNERS", split):
+        await _any_sequence(tmp_path_factory, ops, compact_min, cut)
+
+
+async def _any_sequence(tmp_path_factory, ops, compact_min, cut):
     directory = tmp_path_factory.mktemp("journal")
     store = StateStore.in_dir(directory, compact_min=compact_min)
     state = DesiredState()
     await store.commit(state)
     for op, n, m in ops:
         before_bytes, before_state = store.path.read_bytes(), state.to_json()
-        key = mutate(state, op, n, m)
-        await store.commit(state, {key})
+        key, owners = mutate(state, op, n, m)
+        await store.commit(state, {key}, owners=None if owners is None else {key: owners})
         after_bytes = store.path.read_bytes()
         assert canonical(StateStore.in_dir(directory).load()) == state.to_json()
         if after_bytes.startswith(before_bytes):  # an append: cut it anywhere

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import socket
 
 import pytest
@@ -213,7 +215,7 @@ def test_peer_removed_its_route_before_its_skip_rule_shared_rules_stay():
     a = iface("ipsec1", 1, owners={"x": ([], [RouteRequest("10.1.0.0/16", peer="10.1.0.1")])})
     b = iface("ipsec2", 2, owners={"y": ([], [RouteRequest("0.0.0.0/0", peer="203.0.113.2")])})
     k = peer_view(a, b)
-    b.owners["y"].routes.clear()
+    b.set_owner("y", replace(b.owners["y"], routes=frozenset()))
     actions = plan([a, b], k)
     assert [(a.op, a.route and a.route.dst, a.rule and a.rule.fwmark) for a in actions] == [
         ("remove_route", "0.0.0.0/1", None), ("remove_route", "128.0.0.0/1", None), ("remove_rule", None, 2)]
@@ -222,7 +224,7 @@ def test_peer_removed_its_route_before_its_skip_rule_shared_rules_stay():
 def test_last_peer_goes_lookup_first_landing_last():
     a = iface("ipsec1", 1, owners={"x": ([], [RouteRequest("10.1.0.0/16", peer="10.1.0.1")])})
     k = peer_view(a)
-    a.owners["x"].routes.clear()
+    a.set_owner("x", replace(a.owners["x"], routes=frozenset()))
     actions = plan([a], k)
     assert [(a.op, a.rule.action if a.rule else None) for a in actions] == [
         ("remove_route", None), ("remove_rule", "goto"), ("remove_rule", "goto"), ("remove_rule", "nop"),
@@ -253,7 +255,7 @@ def test_scoped_plan_keeps_shared_rules_others_need():
     a = iface("ipsec1", 1, owners={"x": ([], [RouteRequest("10.1.0.0/16", peer="10.1.0.1")])})
     b = iface("ipsec2", 2, owners={"y": ([], [RouteRequest("10.2.0.0/16", peer="10.2.0.1")])})
     k = peer_view(a, b)
-    b.owners["y"].routes.clear()
+    b.set_owner("y", replace(b.owners["y"], routes=frozenset()))
     scope = Scope(frozenset({"ipsec2"}), frozenset({2}))
     still = frozenset(a.kernel_routes(MASK, PeerPolicy())[1]) - {q for q in k.rules if q.fwmark == 1}
     kept = plan([b], k, scope=scope, shared=still)
@@ -325,7 +327,7 @@ def test_desired_json_round_trip():
     state = DesiredState()
     d = iface("ipsec1", 1, explicit=True, mtu=1400,
               owners={"a": (["192.0.2.1/24"], [RouteRequest("10.0.0.0/8", peer="10.0.0.1", metric=3)])})
-    d.owners["a"].caller = ":1.5"
+    d.set_owner("a", replace(d.owners["a"], caller=":1.5"))
     state.put(d)
     state.put(DesiredInterface(netns="blue", name="ipsec2", if_id=2, owned=False))
     state.retired[(None, "ipsec1")] = {"192.0.2.9/24"}

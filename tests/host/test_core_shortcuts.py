@@ -83,11 +83,24 @@ async def test_second_owner_attach_does_no_kernel_work_and_persists(core, kernel
 
 async def test_a_pending_event_on_the_interface_means_a_read(core, kernel):
     await healthy(core, "ipsec5")
-    await kernel.add_address(None, AddressSpec("ipsec5", "10.5.9.9/32"))  # not judged yet
+    await core.manager.add_address("ipsec5", "conn-a", "10.5.9.9/32")
+    await core.watcher.idle()
+    await kernel.remove_address(None, AddressSpec("ipsec5", "10.5.9.9/32"))  # drift, not judged yet
     kernel.calls.clear()
     await core.manager.attach("ipsec5", "conn-b")
     assert ("link", "ipsec5") in kernel.calls
     assert core.manager.shortcuts["unchanged"] == 0
+
+
+async def test_pending_additions_and_own_removals_need_no_read(core, kernel):
+    """Additions break no promise, and a removal the views no longer list was xfrmid's own."""
+    await healthy(core, "ipsec5")
+    await core.manager.add_address("ipsec5", "conn-a", "10.5.9.8/32")
+    await core.manager.remove_address("ipsec5", "conn-a", "10.5.9.8/32")  # its events not judged yet
+    await kernel.add_address(None, AddressSpec("ipsec5", "10.5.9.9/32"))  # someone else's addition
+    kernel.calls.clear()
+    await core.manager.attach("ipsec5", "conn-b")
+    assert kernel.calls == [] and core.manager.shortcuts["unchanged"] == 1
 
 
 async def test_detach_of_one_of_several_owners_keeping_objects_is_free(core, kernel):
@@ -231,9 +244,9 @@ class FakeMonitor:
         pass
 
 
-def view(name="ipsec1", ifindex=10, netns="") -> InterfaceInfo:
+def view(name="ipsec1", ifindex=10, netns="", addresses=("10.0.0.1/24",)) -> InterfaceInfo:
     return InterfaceInfo(name=name, if_id=1, netns=netns, ifindex=ifindex, link="", mtu=1400, external=False,
-                         operstate="up", owned=True, owners=("conn",), addresses=(), routes=(), mark=1,
+                         operstate="up", owned=True, owners=("conn",), addresses=addresses, routes=(), mark=1,
                          mask=0xFFFFFFFF)
 
 
@@ -275,7 +288,9 @@ async def test_pending_event_on_it_blocks_others_do_not(lone_watcher):
     lone_watcher.feed(link_event("ipsec2", 11))
     assert lone_watcher.vouches((None, "ipsec1"), 10, 1.0)
     assert not lone_watcher.vouches((None, "ipsec2"), 11, 1.0)
-    lone_watcher.feed(AddressEvent(None, True, 10, "10.0.0.1/24", 0))
+    lone_watcher.feed(AddressEvent(None, True, 10, "10.0.0.2/24", 0))  # not promised: harmless
+    assert lone_watcher.vouches((None, "ipsec1"), 10, 1.0)
+    lone_watcher.feed(AddressEvent(None, True, 10, "10.0.0.1/24", 0))  # promised
     assert not lone_watcher.vouches((None, "ipsec1"), 10, 1.0)
 
 

@@ -60,12 +60,13 @@ def desired_state() -> tuple[DesiredState, dict]:
     state, model = DesiredState(), {}
     for n in range(1, COUNT + 1):
         name = f"ipsec{n}"
-        owner = Owner(name=f"conn-{n}", addresses={address(n)}, routes={RouteRequest(destination=route(n))})
+        routes = {RouteRequest(destination=route(n))}
         reqs = {Req(route(n))}
         if n % 10 == 0:
             peer = peer_route(n).split("/")[0]
-            owner.routes.add(RouteRequest(destination=peer_route(n), peer=peer))
+            routes.add(RouteRequest(destination=peer_route(n), peer=peer))
             reqs.add(Req(peer_route(n), peer=peer))
+        owner = Owner(name=f"conn-{n}", addresses={address(n)}, routes=routes)
         state.put(DesiredInterface(netns=None, name=name, if_id=n, mtu=MTU, owned=True,
                                    owners={owner.name: owner}))
         model[(None, name)] = Iface(mtu=MTU, owners={owner.name: ({address(n)}, reqs)})

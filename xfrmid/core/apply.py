@@ -149,6 +149,9 @@ async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
         except NotFound:
             pass  # already gone: that is what we wanted
         return None
+    if op == "remove_route" and action.sole:
+        await kernel.remove_route(netns, action.route, sole=True)
+        return None
     await getattr(kernel, op)(netns, getattr(action, _OBJECT_OPS[op]))
     return None
 

@@ -17,12 +17,15 @@ an adopted interface (owned=False) is never deleted by xfrmid.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidArgument
 from ..kernel.objects import LinkSpec, RouteSpec, RuleSpec
 from ..naming import output_mark
+from .holdings import Delta, Holdings
 from .routes_policy import PeerPolicy, RouteRequest, expand
+from .sorted_items import with_item
 
 Key = tuple[str | None, str]  # (netns or None for the daemon's own, interface name)
 
@@ -32,7 +35,12 @@ OWNER_MAX = 255
 # 216 bytes, three per interface at 10,000 interfaces). The interface's
 # address sets are frozensets, replaced on change, so sharing is safe.
 NO_ADDRESSES: frozenset[str] = frozenset()
+_NO_REQUESTS: frozenset[RouteRequest] = frozenset()
 _NO_RULES: frozenset[RuleSpec] = frozenset()
+# From this many owners on, an interface keeps its Holdings (counts of what its owners
+# hold, holdings.py) between calls: a call then costs O(its change), not O(owners).
+# Below, a call counts afresh (a few owners: cheaper than keeping the counts).
+BIG = 32
 
 
 def _frozen(items) -> frozenset[str]:
@@ -48,14 +56,21 @@ def check_owner(owner: object) -> str:
     return owner
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Owner:
-    """One Attach reference and what that owner added since."""
+    """One Attach reference and what that owner added since: a value, replaced on change
+    (``DesiredInterface.set_owner``), so a save point keeps the old one as it is."""
 
     name: str
     caller: str | None = None  # D-Bus unique name when bound to the caller's connection
-    addresses: set[str] = field(default_factory=set)
-    routes: set[RouteRequest] = field(default_factory=set)
+    addresses: frozenset[str] = NO_ADDRESSES
+    routes: frozenset[RouteRequest] = _NO_REQUESTS
+
+    def __post_init__(self) -> None:
+        if type(self.addresses) is not frozenset:
+            object.__setattr__(self, "addresses", _frozen(self.addresses))
+        if type(self.routes) is not frozenset:
+            object.__setattr__(self, "routes", frozenset(self.routes) if self.routes else _NO_REQUESTS)
 
     def to_json(self) -> dict:
         data: dict = {
@@ -68,22 +83,9 @@ class Owner:
 
     @classmethod
     def from_json(cls, name: str, data: dict) -> "Owner":
-        return cls(
-            name=name,
-            caller=data.get("caller"),
-            addresses=set(data.get("addresses", ())),
-            routes={RouteRequest.from_json(r) for r in data.get("routes", ())},
-        )
-
-    def copy(self) -> "Owner":
-        """Independent sets; their items (strings, frozen RouteRequests) are shared."""
-        return Owner(self.name, self.caller, set(self.addresses), set(self.routes))
-
-
-def _own(items: set[str] | frozenset[str]) -> set[str] | frozenset[str]:
-    """A copy of a set that may be changed in place; an immutable one is shared."""
-    return items if isinstance(items, frozenset) else set(items)
-
+        routes = data.get("routes")
+        return cls(name, data.get("caller"), _frozen(data.get("addresses")),
+                   frozenset(map(RouteRequest.from_json, routes)) if routes else _NO_REQUESTS)
 
 
 # slots: one of each per interface and owner (10,000s of them at scale); an
@@ -106,6 +108,10 @@ class DesiredInterface:
     preexisting: frozenset[str] = NO_ADDRESSES  # were on the link before anyone asked: never removed
     linger_until: float | None = None  # wall-clock deadline of an unused on-demand interface
     _expanded: tuple | None = field(default=None, repr=False, compare=False)  # kernel_routes' last answer
+    # what the owners hold, counted (holdings.py): kept from BIG owners on, or during a call
+    _holdings: Holdings | None = field(default=None, repr=False, compare=False)
+    # while a call's save point is open: each owner it replaced, as it was before (None: absent)
+    _undo: dict[str, Owner | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> Key:
@@ -122,13 +128,50 @@ class DesiredInterface:
     def mark(self, mask: int) -> tuple[int, int]:
         return output_mark(self.if_id, mask)
 
+    @property
+    def holdings(self) -> Holdings | None:
+        return self._holdings
+
+    def set_owner(self, name: str, owner: Owner | None) -> None:
+        """Owner ``name`` is ``owner`` from now on (None: not attached). Every change of an
+        owner goes through here: the counts and a call's save point follow it."""
+        old = self.owners.get(name)
+        undo = self._undo
+        if undo is not None and name not in undo:
+            undo[name] = old
+        if owner is None:
+            self.owners.pop(name, None)
+        else:
+            self.owners[name] = owner
+        if self._holdings is not None:
+            self._holdings.replace(name, old, owner)
+
+    def hold(self) -> Holdings:
+        """The interface's Holdings, counted now if it keeps none."""
+        if self._holdings is None:
+            self._holdings = Holdings(self.owners)
+        return self._holdings
+
+    def holds_address(self, cidr: str) -> bool:
+        """Whether anyone holds ``cidr`` (``cidr in addresses()``, without building the set)."""
+        if cidr in self.created_addresses or cidr in self.static_addresses:
+            return True
+        if self._holdings is not None:
+            return cidr in self._holdings.addresses
+        return any(cidr in owner.addresses for owner in self.owners.values())
+
     def addresses(self) -> set[str]:
         held = set(self.created_addresses) | self.static_addresses
+        if self._holdings is not None:
+            held.update(self._holdings.addresses)
+            return held
         for owner in self.owners.values():
             held |= owner.addresses
         return held
 
     def route_requests(self) -> set[RouteRequest]:
+        if self._holdings is not None:
+            return set(self._holdings.requests)
         held: set[RouteRequest] = set()
         for owner in self.owners.values():
             held |= owner.routes
@@ -147,6 +190,9 @@ class DesiredInterface:
     def kernel_routes(self, mask: int, peer: PeerPolicy) -> tuple[frozenset[RouteSpec], frozenset[RuleSpec]]:
         """What the owners' route requests become in the kernel (kept until they or the settings change:
         a reconcile, the published view and the route index all ask for them)."""
+        if self._holdings is not None:
+            exp = self._holdings.expanded(self.name, self.if_id, mask, peer)
+            return frozenset(exp.routes), frozenset(exp.rules) if exp.rules else _NO_RULES
         # the cache key: a sorted tuple (one request: 48 bytes, a frozenset 216)
         requests = tuple(sorted(self.route_requests(), key=RouteRequest.sort_key))
         cached = self._expanded
@@ -163,36 +209,46 @@ class DesiredInterface:
         self._expanded = (mask, peer, requests, result)
         return result
 
+    def listing(self, mask: int, peer: PeerPolicy, *, routes: bool = True
+                ) -> tuple[Sequence[str], Sequence[str], Sequence[tuple]]:
+        """The view's sorted owners, addresses and routes (destination, table, src; none when
+        not ``routes``): from the counts when the interface keeps them (no sorting), else sorted now."""
+        holdings = self._holdings
+        if holdings is None:
+            specs = self.kernel_routes(mask, peer)[0] if routes else ()
+            return (tuple(sorted(self.owners)), tuple(sorted(self.addresses())),
+                    tuple(sorted((r.dst, r.table, r.src or "") for r in specs)))
+        addresses = holdings.address_list
+        for cidr in self.created_addresses | self.static_addresses:
+            if cidr not in addresses:
+                addresses = with_item(addresses, cidr)
+        listed = holdings.expanded(self.name, self.if_id, mask, peer).listed if routes else ()
+        return holdings.owners, addresses, listed
+
+    FIELDS = ("link", "mtu", "external", "owned", "explicit", "static", "created_addresses",
+              "static_addresses", "preexisting", "linger_until")  # what a save point keeps besides the owners
+
     def copy(self) -> "DesiredInterface":
-        """A copy no mutation of this one reaches (a call's save point): every container is
-        copied, the immutable items in them shared. copy.deepcopy did the same in a
-        quarter of an Attach's CPU, most of it walking the immutable ``_expanded`` cache."""
-        return DesiredInterface(
-            netns=self.netns,
-            name=self.name,
-            if_id=self.if_id,
-            link=self.link,
-            mtu=self.mtu,
-            external=self.external,
-            owned=self.owned,
-            explicit=self.explicit,
-            static=self.static,
-            owners={name: owner.copy() for name, owner in self.owners.items()},
-            created_addresses=_own(self.created_addresses),
-            static_addresses=_own(self.static_addresses),
-            preexisting=_own(self.preexisting),
-            linger_until=self.linger_until,
-            _expanded=self._expanded,
-        )
+        """An independent copy (the owners are values: shared); no counts, no save point."""
+        twin = DesiredInterface(self.netns, self.name, self.if_id, owners=dict(self.owners),
+                                _expanded=self._expanded)
+        for name in self.FIELDS:
+            setattr(twin, name, getattr(self, name))
+        return twin
 
     def to_json(self) -> dict:
+        data = self.head_json()
+        data["owners"] = {name: o.to_json() for name, o in sorted(self.owners.items())}
+        return data
+
+    def head_json(self) -> dict:
+        """``to_json`` without the owners (the state file's journal writes them one by one)."""
         data: dict = {
             "netns": self.netns,
             "name": self.name,
             "if_id": self.if_id,
             "owned": self.owned,
             "explicit": self.explicit,
-            "owners": {name: o.to_json() for name, o in sorted(self.owners.items())},
             "created_addresses": sorted(self.created_addresses),
             "preexisting": sorted(self.preexisting),
         }
@@ -221,13 +277,23 @@ class DesiredInterface:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SavePoint:
-    """One interface's desired state and retired addresses, copied before a change."""
+    """What undoes a change of one interface: the interface object and its fields as they were,
+    each owner the change replaced as it was (filled in by ``DesiredInterface.set_owner``), and
+    the retired addresses. Taking one costs O(1), not a copy of the interface's owners."""
 
     key: Key
-    iface: DesiredInterface | None
+    iface: DesiredInterface | None  # the object in the state at the save point
+    fields: tuple  # its FIELDS then
+    owners: dict[str, Owner | None]  # owners replaced since, as they were
     retired: set[str] | None
+    counted: bool = False  # the interface had no Holdings before: counted for this change only
+
+    @property
+    def fresh(self) -> bool:
+        """The interface did not exist at the save point."""
+        return self.iface is None
 
 
 @dataclass
@@ -274,21 +340,55 @@ class DesiredState:
     def snapshot(self) -> "DesiredState":
         return copy.deepcopy(self)
 
-    def savepoint(self, key: Key) -> "SavePoint":
-        """What ``restore`` needs to undo any change of ``key`` (a call's save point)."""
-        current = self.interfaces.get(key)
+    def savepoint(self, key: Key, *, count: bool = False) -> "SavePoint":
+        """What ``restore`` needs to undo any change of ``key`` (a call's save point); close it
+        with ``restore`` or ``release``. ``count``: record, in the interface's Holdings, which
+        kernel objects its owners gain and lose (``Holdings.delta``)."""
+        iface = self.interfaces.get(key)
         retired = self.retired.get(key)
-        return SavePoint(key, None if current is None else current.copy(), None if retired is None else set(retired))
+        kept = None if retired is None else set(retired)
+        if iface is None:
+            return SavePoint(key, None, (), {}, kept)
+        iface._undo = {}
+        counted = False
+        if count:
+            counted = iface._holdings is None
+            iface.hold().delta = Delta()
+        return SavePoint(key, iface, tuple(getattr(iface, f) for f in iface.FIELDS), iface._undo, kept, counted)
 
     def restore(self, saved: "SavePoint") -> None:
-        """Put ``saved.key`` back as it was at the save point."""
-        self.remove(saved.key)
-        if saved.iface is not None:
-            self.put(saved.iface)
+        """Put ``saved.key`` back as it was at the save point (and close the save point)."""
+        key, iface = saved.key, saved.iface
+        current = self.interfaces.get(key)
+        if current is not None and current is not iface:
+            self.remove(key)  # created by the change
+        if iface is not None:
+            iface._undo = None
+            if iface._holdings is not None:
+                iface._holdings.delta = None
+            for name, old in saved.owners.items():
+                iface.set_owner(name, old)
+            for name, value in zip(iface.FIELDS, saved.fields):
+                setattr(iface, name, value)
+            if current is not iface:
+                self.put(iface)  # removed or replaced by the change
         if saved.retired is None:
-            self.retired.pop(saved.key, None)
+            self.retired.pop(key, None)
         else:
-            self.retired[saved.key] = saved.retired
+            self.retired[key] = saved.retired
+        self.release(saved)
+
+    def release(self, saved: "SavePoint") -> None:
+        """Close a save point: the change stays. An interface keeps its Holdings from BIG owners on."""
+        iface = saved.iface
+        if iface is None:
+            return
+        iface._undo = None
+        holdings = iface._holdings
+        if holdings is not None:
+            holdings.delta = None
+            if len(iface.owners) < (BIG if saved.counted else BIG // 4):
+                iface._holdings = None
 
     # --- mutations (pure; the manager persists and applies) ----------------
 
@@ -329,38 +429,42 @@ class DesiredState:
         iface.linger_until = None
         existing = iface.owners.get(owner)
         if existing is not None:
-            existing.caller = caller
+            if existing.caller != caller:
+                iface.set_owner(owner, replace(existing, caller=caller))
             return False
-        iface.owners[owner] = Owner(name=owner, caller=caller)
+        iface.set_owner(owner, Owner(owner, caller))
         return True
 
     def detach(self, key: Key, owner: str) -> Owner | None:
         """Drop owner's reference and everything it added; None when it was not attached."""
         iface = self.interfaces[key]
-        gone = iface.owners.pop(owner, None)
+        gone = iface.owners.get(owner)
         if gone is not None:
+            iface.set_owner(owner, None)
             self.retire(iface, gone.addresses)
         return gone
 
     def add_address(self, key: Key, owner: str, cidr: str, *, on_link: bool) -> bool:
         """Owner holds ``cidr``; ``on_link``: the kernel already has it. True when new for that owner."""
         iface = self.interfaces[key]
-        held = iface.addresses()
-        if on_link and cidr not in held and cidr not in self.retired.get(key, ()):
+        retired = self.retired.get(key)
+        if on_link and not iface.holds_address(cidr) and (retired is None or cidr not in retired):
             iface.preexisting = iface.preexisting | {cidr}
-        self.retired.get(key, set()).discard(cidr)
+        if retired is not None:
+            retired.discard(cidr)
         holder = iface.owners[owner]
         if cidr in holder.addresses:
             return False
-        holder.addresses.add(cidr)
+        iface.set_owner(owner, replace(holder, addresses=holder.addresses | {cidr}))
         return True
 
     def hold_created(self, key: Key, cidrs: set[str], on_link: set[str]) -> None:
         """CreateInterface's ``addresses``: held by the interface itself until DeleteInterface."""
         iface = self.interfaces[key]
-        held = iface.addresses()
         retired = self.retired.get(key, set())
-        for cidr in cidrs - held:
+        for cidr in cidrs:
+            if iface.holds_address(cidr):
+                continue
             if cidr in on_link and cidr not in retired:
                 iface.preexisting = iface.preexisting | {cidr}
             retired.discard(cidr)
@@ -371,30 +475,35 @@ class DesiredState:
         holder = iface.owners.get(owner)
         if holder is None or cidr not in holder.addresses:
             return False
-        holder.addresses.discard(cidr)
+        iface.set_owner(owner, replace(holder, addresses=_frozen(holder.addresses - {cidr})))
         self.retire(iface, {cidr})
         return True
 
     def add_route(self, key: Key, owner: str, request: RouteRequest) -> bool:
-        holder = self.interfaces[key].owners[owner]
+        iface = self.interfaces[key]
+        holder = iface.owners[owner]
         if request in holder.routes:
             return False
-        holder.routes.add(request)
+        iface.set_owner(owner, replace(holder, routes=holder.routes | {request}))
         return True
 
     def remove_route(self, key: Key, owner: str, pattern: RouteRequest) -> int:
         """Drop the owner's requests matching ``pattern`` (None options are wildcards); how many."""
-        holder = self.interfaces[key].owners.get(owner)
+        iface = self.interfaces[key]
+        holder = iface.owners.get(owner)
         if holder is None:
             return 0
         gone = {r for r in holder.routes if r.matches(pattern)}
-        holder.routes -= gone
+        if gone:
+            iface.set_owner(owner, replace(holder, routes=holder.routes - gone or _NO_REQUESTS))
         return len(gone)
 
-    def retire(self, iface: DesiredInterface, addresses: set[str]) -> None:
+    def retire(self, iface: DesiredInterface, addresses: set[str] | frozenset[str]) -> None:
         """``addresses`` lost a holder: the ones nobody holds now are to be removed from the link."""
-        still = iface.addresses() if iface.key in self.interfaces else set()
-        for cidr in addresses - still:
+        kept = iface.key in self.interfaces
+        for cidr in addresses:
+            if kept and iface.holds_address(cidr):
+                continue
             if cidr in iface.preexisting:
                 iface.preexisting = _frozen(iface.preexisting - {cidr})  # it was not ours: leave it on the link
             else:
@@ -413,6 +522,25 @@ class DesiredState:
         if iface.static and not iface.explicit and not iface.owners and not iface.created_addresses:
             return None  # the configuration file brings it back
         return iface.to_json()
+
+    def persisted_head(self, key: Key) -> dict | None:
+        """``persisted(key)`` without its owners; None when that is None."""
+        iface = self.interfaces.get(key)
+        if iface is None or (iface.static and not iface.explicit and not iface.owners and not iface.created_addresses):
+            return None
+        return iface.head_json()
+
+    def persisted_owners(self, key: Key, names: Iterable[str] | None = None) -> dict[str, dict | None]:
+        """What ``persisted(key)`` keeps of each owner in ``names`` (None: every owner); None
+        for one that is not attached."""
+        iface = self.interfaces.get(key)
+        owners = {} if iface is None else iface.owners
+        chosen = owners if names is None else names
+        return {name: (o.to_json() if (o := owners.get(name)) is not None else None) for name in chosen}
+
+    def owner_count(self, key: Key) -> int:
+        iface = self.interfaces.get(key)
+        return 0 if iface is None else len(iface.owners)
 
     def persisted_keys(self) -> list[Key]:
         return list(self.interfaces) + [k for k in self.retired if k not in self.interfaces]

@@ -11,7 +11,7 @@ event on one kernel object, whether it means a promise is broken now:
   it is back by the end of the burst: the kernel drops the IPv4 routes
   through a link with its last address (and the routes that use it as
   source) without a notification, so only the deletion tells that they went;
-- a route a view lists (protocol 120) deleted;
+- a route a view lists (protocol 120) deleted through its interface;
 - a rule carrying protocol 120 deleted (no view lists rules);
 - a resync (the event stream was lost): always.
 
@@ -34,6 +34,7 @@ from ..kernel.events import (
 )
 from ..kernel.objects import XFRMID_PROTO
 from .desired import Key
+from .sorted_items import first_from
 from .views import InterfaceInfo
 
 
@@ -74,7 +75,6 @@ class Managed:
         self.infos: dict[Key, InterfaceInfo] = {}
         self.interest: dict[str | None, Interest] = {}
         self._names: dict[tuple[str | None, int], str] = {}  # (netns, ifindex) -> name
-        self._routes: dict[tuple[str | None, str, int], str] | None = None  # -> name; per burst
         self._per_netns: Counter[str | None] = Counter()  # managed interfaces per namespace
 
     def interest_of(self, netns: str | None) -> Interest:
@@ -130,20 +130,7 @@ class Managed:
         name = self._names.get((netns, ifindex))
         return None if name is None else self.infos.get((netns, name))
 
-    # -- judging one burst ------------------------------------------------------
-
-    def new_burst(self) -> None:
-        """Views may have changed since the last burst: drop what was derived from them."""
-        self._routes = None
-
-    def _route_owners(self) -> dict[tuple[str | None, str, int], str]:
-        if self._routes is None:
-            self._routes = {
-                (netns, _network(dst), table): name
-                for (netns, name), info in self.infos.items()
-                for dst, table, _src in info.routes
-            }
-        return self._routes
+    # -- judging events ----------------------------------------------------------
 
     def is_drift(self, ev: Event) -> bool:
         if isinstance(ev, ResyncEvent):
@@ -154,11 +141,11 @@ class Managed:
             if not ev.deleted:
                 return False
             info = self.by_index(ev.netns, ev.ifindex)
-            return info is not None and _iface(ev.address) in {_iface(a) for a in info.addresses}
+            return info is not None and _iface(ev.address) in info.addresses
         if isinstance(ev, RouteEvent):
             if not ev.deleted or ev.protocol != XFRMID_PROTO:
                 return False
-            return (ev.netns, ev.dst, ev.table) in self._route_owners()
+            return self._route_target(ev) is not None
         if isinstance(ev, RuleEvent):
             return ev.deleted and ev.protocol == XFRMID_PROTO
         return True
@@ -183,6 +170,14 @@ class Managed:
         elif isinstance(ev, AddressEvent):
             info = self.by_index(ev.netns, ev.ifindex)
         elif isinstance(ev, RouteEvent):
-            name = self._route_owners().get((ev.netns, ev.dst, ev.table))
-            return None if name is None else (ev.netns, name)
+            info = self._route_target(ev)
         return None if info is None else (ev.netns, info.name)
+
+    def _route_target(self, ev: RouteEvent) -> InterfaceInfo | None:
+        """The managed interface whose view lists the event's route (by its device)."""
+        info = self.by_index(ev.netns, ev.oif)
+        if info is None:
+            return None
+        dst = _network(ev.dst)
+        found = first_from(info.routes, (dst, ev.table, ""))  # the views' routes are sorted
+        return info if found is not None and found[0] == dst and found[1] == ev.table else None

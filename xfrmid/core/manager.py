@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import Conflict, InvalidArgument, NotFound, XfrmidError, where
+from ..errors import InvalidArgument, NotFound, XfrmidError, where
 from ..naming import check_ifname
 from ..settings import Settings
 from ..validate import check_netns, parse_interface_cidr
@@ -437,16 +437,8 @@ class Manager:
         key = (netns, name)
         async with self._locks.one(key):
             self._holder(key, owner)
-
-            def change() -> None:
-                if self.desired.add_route(key, owner, request):
-                    try:
-                        self._state.check_routes(key)
-                    except Conflict:
-                        self.desired.remove_route(key, owner, request)
-                        raise
-
-            await self._transaction.run(netns, [name], change)
+            # a route colliding with another interface's: Conflict from the transaction
+            await self._transaction.run(netns, [name], lambda: self.desired.add_route(key, owner, request))
 
     async def remove_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                            table: int | None = None, src: str | None = None, metric: int | None = None,

@@ -94,6 +94,9 @@ class Action:
     ifindex: int | None = None  # delete_link: the link's index in the view (saves the backend a get)
     mark: bool = False  # change_link: put xfrmid's markers on the link (a create cut short by a crash)
     late: bool = False  # remove_address: after the additions (another address takes over its routes)
+    # remove_route: no other route of xfrmid's to its destination through its device in its
+    # table is wanted, so the kernel's removal by prefix cannot take a wanted one (saves a read)
+    sole: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..errors import Conflict, NotFound, XfrmidError
+from ..kernel.objects import AddressSpec, RouteSpec
 from .apply import apply, log_done, run_action, snapshot
-from .desired import Key
+from .changes import Change
+from .desired import DesiredInterface, Key
 from .guard import DriftGuard
 from .plan import Action, KernelView, Scope, link_differs, plan_netns, rule_key, settle_retired, summarise
 from .publish import Publisher
@@ -62,6 +64,17 @@ def _tag(action: Action) -> tuple | None:
     return None
 
 
+def _route_order(spec: RouteSpec) -> tuple:
+    return (spec.dst, spec.table, spec.src or "", spec.metric or 0)
+
+
+def _holds_ipv4(iface: DesiredInterface) -> bool:
+    """Whether the interface keeps an IPv4 address (its last one takes the IPv4 routes with it)."""
+    holdings = iface.holdings
+    return ((holdings is not None and holdings.v4 > 0)
+            or any(":" not in a for a in iface.created_addresses | iface.static_addresses))
+
+
 def _sentence(detail: str) -> str:
     return detail[:1].upper() + detail[1:] + "."
 
@@ -89,12 +102,13 @@ class Reconciler:
     # narrow that race, not close it: the link can go the moment after the read just
     # as well. Without a watcher (the core alone), the call reads the kernel.
 
-    def vouched(self, key: Key) -> bool:
-        """The kernel holds ``key`` as desired, as far as the drift guard can tell."""
+    def vouched(self, key: Key, retiring: frozenset[str] = frozenset()) -> bool:
+        """The kernel holds ``key`` as desired, as far as the drift guard can tell; ``retiring``:
+        addresses the change at hand lets go of (retired, and not yet removed)."""
         desired = self._state.desired
         iface = desired.get(key)
         state = self._seen.link(key)
-        if iface is None or state is None or self._seen.is_unsure(key) or desired.retired.get(key):
+        if iface is None or state is None or self._seen.is_unsure(key) or not desired.retired.get(key, set()) <= retiring:
             return False
         spec = iface.link_spec(self._state.settings.default_mtu)
         if (state.owned != iface.owned or link_differs(spec, state) is not None
@@ -136,6 +150,51 @@ class Reconciler:
         result.done.insert(0, actions[0])
         result.links[state.name] = state
         self._seen.remember(netns, {name}, EMPTY_VIEW, result, desired)
+        return True
+
+    async def apply_change(self, change: Change) -> bool:
+        """Make ``change`` in the kernel without reading it first: O(the change); False: use ``sync``.
+
+        Only when the kernel holds the interface as desired apart from the change, as far
+        as the drift guard can tell (``vouched``), the link stays as it is, and no rule
+        changes (the peer pattern's rules are keyed by mark). Not when an address goes
+        that takes routes with it: the kernel drops the IPv4 routes through a link with
+        its last IPv4 address, and the routes that use an address as their source,
+        without a word (``sync`` puts them back in its second pass).
+        """
+        key = change.key
+        netns, name = key
+        desired = self._state.desired
+        iface = desired.get(key)
+        if (iface is None or iface.holdings is None or change.link or change.rules_added
+                or change.rules_removed or not self.vouched(key, change.addresses_removed)):
+            return False
+        expansion = iface.holdings.expanded(name, iface.if_id, self._state.mask, self._state.peer)
+        retired = desired.retired.get(key, set())
+        going = sorted(change.addresses_removed & retired)
+        for cidr in going:
+            ip = cidr.split("/", 1)[0]
+            if ip in expansion.sources or (":" not in ip and not _holds_ipv4(iface)):
+                return False
+        actions = [Action("remove_route", netns, name, "removed", f"removed route {r.dst} via {name} (table {r.table})",
+                          route=r, sole=(r.dst, r.table) not in expansion.prefixes)
+                   for r in sorted(change.routes_removed, key=_route_order)]
+        actions += [Action("remove_address", netns, name, "removed", f"removed address {a} from {name}",
+                           address=AddressSpec(ifname=name, cidr=a)) for a in going]
+        actions += [Action("add_address", netns, name, "repaired", f"added address {a} to {name}",
+                           address=AddressSpec(ifname=name, cidr=a)) for a in sorted(change.addresses_added)]
+        actions += [Action("add_route", netns, name, "repaired", f"added route {r.dst} via {name} (table {r.table})",
+                           route=r) for r in sorted(change.routes_added, key=_route_order)]
+        self._seen.doubt([key])  # until the actions are done
+        result = await apply(self._kernel, actions, strict=lambda a: a.op in ("add_address", "add_route"))
+        if result.failed:
+            return True  # left unsure: the next call on it reads the kernel
+        self._seen.settle(key)
+        if going:
+            retired.difference_update(going)
+            if not retired:
+                desired.retired.pop(key, None)
+            await self._persist({key})
         return True
 
     # --- some interfaces of one namespace ------------------------------------------
@@ -267,7 +326,8 @@ class Reconciler:
     # --- helpers -----------------------------------------------------------------------
 
     async def _persist(self, keys: set[Key]) -> None:
-        await self._store.commit(self._state.desired, keys)
+        """Write what a sync decided of ``keys`` (retired addresses, adoptions): never their owners."""
+        await self._store.commit(self._state.desired, keys, owners={key: () for key in keys})
 
     def _decide(self, netns: str | None, actions: list[Action], strict: bool) -> set[Key]:
         """Apply adopt decisions to the desired state; raise or log conflicts. The keys changed."""

@@ -30,7 +30,7 @@ class RouteSlots:
 
     def __init__(self, mask: int, peer: PeerPolicy) -> None:
         self.mask, self.peer = mask, peer
-        self._routes: dict[Key, frozenset[RouteSpec]] = {}
+        self._routes: dict[Key, set[RouteSpec]] = {}
         # slot -> ((key, spec), ...): a tuple, almost always of one holder (a dict
         # per slot cost ~230 bytes per interface at start-up)
         self._slots: dict[tuple, tuple[tuple[Key, RouteSpec], ...]] = {}
@@ -90,10 +90,47 @@ class RouteSlots:
         self._update_shared(key, rules)
         specs = frozenset(routes)
         if specs:
-            self._routes[key] = specs
+            self._routes[key] = set(specs)
             for spec in specs:
                 slot = _slot(key[0], spec)
                 self._slots[slot] = tuple(h for h in self._slots.get(slot, ()) if h[0] != key) + ((key, spec),)
+
+    def apply(self, key: Key, added: frozenset[RouteSpec], removed: frozenset[RouteSpec]) -> None:
+        """Take in a change of ``key``'s routes: O(the change), not O(its routes)."""
+        mine = self._routes.get(key)
+        for spec in removed:
+            if mine is None or spec not in mine:
+                continue
+            mine.discard(spec)
+            slot = _slot(key[0], spec)
+            holders = tuple(h for h in self._slots.get(slot, ()) if h != (key, spec))
+            if holders:
+                self._slots[slot] = holders
+            else:
+                self._slots.pop(slot, None)
+        for spec in added:
+            if mine is None:
+                mine = self._routes[key] = set()
+            if spec in mine:
+                continue
+            mine.add(spec)
+            slot = _slot(key[0], spec)
+            self._slots[slot] = self._slots.get(slot, ()) + ((key, spec),)
+        if mine is not None and not mine:
+            del self._routes[key]
+
+    def check_added(self, key: Key, added: frozenset[RouteSpec]) -> None:
+        """Raise Conflict when a route ``key`` gains collides with another route wanted in its slot
+        (another interface's, or another of its own)."""
+        seen: dict[tuple, RouteSpec] = {}
+        for spec in sorted(added, key=_route_order):
+            slot = _slot(key[0], spec)
+            others = [seen[slot]] if slot in seen else []
+            others += [o for k, o in sorted(self._slots.get(slot, ()), key=lambda kv: kv[0][1])]
+            for other in others:
+                if other != spec:
+                    raise _conflict(spec, other)
+            seen[slot] = spec
 
     def check(self, state: DesiredState, key: Key) -> None:
         """Raise Conflict when a route ``key`` wants collides with another wanted route in the kernel."""
@@ -104,11 +141,15 @@ class RouteSlots:
             others += [o for k, o in sorted(self._slots.get(slot, ()), key=lambda kv: kv[0][1]) if k != key]
             for other in others:
                 if other != spec:
-                    raise Conflict(
-                        f"Route {spec.dst} in table {spec.table} with metric {effective_metric(spec)} "
-                        f"is already held through {other.dev}" + (f" with source {other.src}" if other.src else "") + "."
-                    )
+                    raise _conflict(spec, other)
             seen[slot] = spec
+
+
+def _conflict(spec: RouteSpec, other: RouteSpec) -> Conflict:
+    return Conflict(
+        f"Route {spec.dst} in table {spec.table} with metric {effective_metric(spec)} "
+        f"is already held through {other.dev}" + (f" with source {other.src}" if other.src else "") + "."
+    )
 
 
 def _slot(netns: str | None, spec: RouteSpec) -> tuple:

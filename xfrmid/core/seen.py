@@ -42,6 +42,10 @@ class KernelSeen:
         """A sync of ``keys`` begins: until a pass is remembered, an error leaves them unsure."""
         self._unsure.update(keys)
 
+    def settle(self, key: Key) -> None:
+        """A change of ``key`` was made as planned without reading the kernel: sure again."""
+        self._unsure.discard(key)
+
     def remember(self, netns: str | None, names: set[str], view: "KernelView", result: "ApplyResult",
                  desired: DesiredState) -> None:
         """What one pass over ``names`` read (``view``) and did (``result``)."""

@@ -14,13 +14,15 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from ..errors import InvalidArgument
 from ..settings import Settings
-from .desired import DesiredInterface, DesiredState, Key
+from .desired import DesiredInterface, DesiredState, Key, SavePoint
 from .plan import PlanInput, Scope, rule_key
 from .route_slots import RouteSlots
 from .routes_policy import PeerPolicy, route_key
 
 if TYPE_CHECKING:
+    from .changes import Change
     from .plan import KernelView
 
 
@@ -75,6 +77,30 @@ class CoreState:
         """Conflict when a route ``key`` now wants collides with another interface's (or its own)."""
         self.slots.check(self.desired, key)
 
+    def take_change(self, change: "Change") -> None:
+        """Take a call's change into the slot index: Conflict (index unchanged) when a route it
+        adds collides with another wanted route; O(the change) unless its rules changed."""
+        if change.routes_added:
+            self.slots.check_added(change.key, change.routes_added)
+        if change.rules_added or change.rules_removed or change.whole:
+            self.slots.update(self.desired, change.key)
+        elif change.routes_added or change.routes_removed:
+            self.slots.apply(change.key, change.routes_added, change.routes_removed)
+
+    # --- a call's save points --------------------------------------------------
+
+    def savepoint(self, key: Key) -> SavePoint:
+        """The desired state's save point of ``key``, counting the kernel objects its owners gain
+        and lose (``changes.change_of``); close it with ``desired.restore`` or ``desired.release``."""
+        saved = self.desired.savepoint(key, count=True)
+        iface = saved.iface
+        if iface is not None and iface.holdings is not None:
+            try:
+                iface.holdings.expanded(iface.name, iface.if_id, self.mask, self.peer)
+            except InvalidArgument:  # an if_id outside a narrowed mask: compared whole
+                iface.holdings.delta = None
+        return saved
+
     # --- what the desired state puts in the kernel -----------------------------------
 
     def objects(self, key: Key) -> frozenset[tuple]:
@@ -83,14 +109,17 @@ class CoreState:
         if iface is None:
             return frozenset()
         routes, rules = iface.kernel_routes(self.mask, self.peer)
-        mtu = iface.mtu if iface.mtu is not None else self.settings.default_mtu
-        # the link's fields as link_spec() takes them (a plain tuple: built twice per call)
         return frozenset(
-            {("link", iface.name, iface.if_id, iface.link, mtu, iface.external, iface.owned)}
+            {self.link_tag(iface)}
             | {("address", a) for a in iface.addresses()}
             | {("route", route_key(r)) for r in routes}
             | {("rule", rule_key(q)) for q in rules}
         )
+
+    def link_tag(self, iface: DesiredInterface) -> tuple:
+        """The link's fields as link_spec() takes them, comparable."""
+        mtu = iface.mtu if iface.mtu is not None else self.settings.default_mtu
+        return ("link", iface.name, iface.if_id, iface.link, mtu, iface.external, iface.owned)
 
     def plan_input(self, netns: str | None, view: "KernelView", scope: Scope | None,
                    released: dict[str, str] | None = None) -> PlanInput:

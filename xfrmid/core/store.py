@@ -11,7 +11,13 @@ returns) followed by journal lines, one compact JSON record each:
     {"namespaces": [...]}
 
 A record carries the whole new persisted state of one interface (null: it is
-gone), so a call writes O(its change), not O(everything). Appending is
+gone), so a call writes O(its change), not O(everything). An interface with
+many owners (more than ``SPLIT_OWNERS``: a road-warrior hub) is written by
+parts instead, its fields and only the owners a call replaced:
+
+    {"update": [netns, name], "head": {...}, "owners": {name: {...} | null}, "retired": [...]}
+
+so an Attach on an interface of 10,000 owners writes one owner. Appending is
 durable before the call returns (fsync); a crash mid-append leaves a torn
 last line, which the loader ignores (that call was never acknowledged).
 Once the journal outgrows the snapshot, the next write is a compaction:
@@ -61,11 +67,18 @@ WRITER = JobThread("xfrmid-state-writer")  # one per process: the daemon has one
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 
 
+# From this many owners on, an interface is written by parts (see the module doc).
+SPLIT_OWNERS = 32
+
+
 class Persistable(Protocol):
     """What the store needs of the desired state (``DesiredState`` has it)."""
 
     def persisted_keys(self) -> Iterable[Key]: ...
     def persisted(self, key: Key) -> dict | None: ...
+    def persisted_head(self, key: Key) -> dict | None: ...
+    def persisted_owners(self, key: Key, names: Iterable[str] | None = None) -> dict[str, dict | None]: ...
+    def owner_count(self, key: Key) -> int: ...
     def retired_json(self, key: Key) -> list[str]: ...
     def namespaces_json(self) -> list[str]: ...
 
@@ -74,19 +87,45 @@ def _sort(key: Key) -> tuple:
     return (key[0] or "", key[1])
 
 
+class _Parts:
+    """An interface written by parts: its fields (JSON text without the owners) and each owner's text."""
+
+    __slots__ = ("head", "owners")
+
+    def __init__(self, head: str, owners: dict[str, str]) -> None:
+        self.head, self.owners = head, owners
+
+    @classmethod
+    def of(cls, data: dict) -> "_Parts":
+        """From an interface's parsed JSON."""
+        owners = data.get("owners") or {}
+        return cls(_dumps({k: v for k, v in data.items() if k != "owners"}),
+                   {name: _dumps(owner) for name, owner in owners.items()})
+
+    def text(self) -> str:
+        """The whole interface's JSON text (a compaction)."""
+        owners = ",".join(f"{_dumps(n)}:{self.owners[n]}" for n in sorted(self.owners))
+        return f'{self.head[:-1]}{"," if len(self.head) > 2 else ""}"owners":{{{owners}}}}}'
+
+
 class _Image:
     """What the file on disk says, per interface, as the JSON text written (to compare and compact)."""
 
     def __init__(self) -> None:
-        self.ifaces: dict[Key, str] = {}
+        self.ifaces: dict[Key, str | _Parts] = {}
         self.retired: dict[Key, list[str]] = {}
         self.namespaces: list[str] = []
 
-    def entry(self, state: Persistable, key: Key) -> tuple[str | None, list[str]]:
+    def entry(self, state: Persistable, key: Key) -> tuple[str | _Parts | None, list[str]]:
+        if state.owner_count(key) >= SPLIT_OWNERS:
+            head = state.persisted_head(key)
+            if head is not None:
+                owners = {n: _dumps(d) for n, d in state.persisted_owners(key).items() if d is not None}
+                return _Parts(_dumps(head), owners), state.retired_json(key)
         data = state.persisted(key)
         return (None if data is None else _dumps(data), state.retired_json(key))
 
-    def set(self, key: Key, text: str | None, retired: list[str]) -> None:
+    def set(self, key: Key, text: str | _Parts | None, retired: list[str]) -> None:
         if text is None:
             self.ifaces.pop(key, None)
         else:
@@ -111,12 +150,54 @@ class _Image:
             {"netns": k[0], "name": k[1], "addresses": v}
             for k, v in sorted(self.retired.items(), key=lambda kv: _sort(kv[0]))
         ]
+        texts = (self.ifaces[k] for k in sorted(self.ifaces, key=_sort))
         parts = [
             '{"version":1,"interfaces":[',
-            ",".join(self.ifaces[k] for k in sorted(self.ifaces, key=_sort)),
+            ",".join(t if isinstance(t, str) else t.text() for t in texts),
             '],"retired":', _dumps(retired), ',"namespaces":', _dumps(self.namespaces), "}\n",
         ]
         return "".join(parts).encode()
+
+    def record(self, state: Persistable, key: Key, names: Iterable[str] | None) -> str | None:
+        """The journal record of ``key``'s changes (the image takes them in); None: unchanged.
+        ``names``: the owners that may have changed (None: any)."""
+        retired = state.retired_json(key)
+        current = self.ifaces.get(key)
+        if isinstance(current, _Parts):
+            head = state.persisted_head(key)
+            if head is not None:
+                return self._update(state, key, current, _dumps(head), names, retired)
+        text, retired = self.entry(state, key)
+        if isinstance(text, _Parts):  # grew past SPLIT_OWNERS: written whole once, by parts from now on
+            whole = text.text()
+        elif text == current and retired == self.retired.get(key, []):
+            return None  # unchanged (an idempotent call)
+        else:
+            whole = text
+        self.set(key, text, retired)
+        return f'{{"key":{_dumps(list(key))},"iface":{whole or "null"},"retired":{_dumps(retired)}}}'
+
+    def _update(self, state: Persistable, key: Key, parts: _Parts, head: str, names: Iterable[str] | None,
+                retired: list[str]) -> str | None:
+        owners = state.persisted_owners(key, names)
+        changed: dict[str, str | None] = {}
+        for name, data in owners.items():
+            text = None if data is None else _dumps(data)
+            if parts.owners.get(name) != text:
+                changed[name] = text
+        if names is None:
+            changed.update(dict.fromkeys(parts.owners.keys() - owners.keys()))
+        if head == parts.head and not changed and retired == self.retired.get(key, []):
+            return None
+        parts.head = head
+        for name, text in changed.items():
+            if text is None:
+                parts.owners.pop(name, None)
+            else:
+                parts.owners[name] = text
+        self.set(key, parts, retired)
+        body = ",".join(f"{_dumps(n)}:{t or 'null'}" for n, t in changed.items())
+        return f'{{"update":{_dumps(list(key))},"head":{head},"owners":{{{body}}},"retired":{_dumps(retired)}}}'
 
 
 class _Append:
@@ -146,7 +227,8 @@ class StateStore:
         self._lock = asyncio.Lock()
         self._requested = 0  # bumped by every save()/commit() call
         self._written = 0  # the highest request number on disk
-        self._keys: set[Key] = set()  # interfaces changed since the last write
+        # interfaces changed since the last write, with the owners that may have (None: any)
+        self._keys: dict[Key, set[str] | None] = {}
         self._full = False  # a full write was asked for
         self._image: _Image | None = None  # the file's content when this store wrote it; None: unknown
         self._size: int | None = None  # the file's size after this store's last write
@@ -220,7 +302,7 @@ class StateStore:
         image = _Image()
         try:
             for item in data.get("interfaces", ()):
-                image.set((item.get("netns"), item["name"]), _dumps(item), [])
+                image.set((item.get("netns"), item["name"]), _text(item), [])
             for item in data.get("retired", ()):
                 if item.get("name") is not None and (key := (item.get("netns"), item["name"])) in image.ifaces:
                     image.set(key, image.ifaces[key], sorted(item.get("addresses", ())))
@@ -230,9 +312,21 @@ class StateStore:
             for record in records:
                 if "namespaces" in record:
                     image.namespaces = list(record["namespaces"])
+                elif "update" in record:
+                    key = tuple(record["update"])
+                    parts = image.ifaces.get(key)
+                    if not isinstance(parts, _Parts):
+                        parts = _Parts.of(json.loads(parts) if parts else {})
+                    parts.head = _dumps(record["head"])
+                    for name, owner in record["owners"].items():
+                        if owner is None:
+                            parts.owners.pop(name, None)
+                        else:
+                            parts.owners[name] = _dumps(owner)
+                    image.set(key, parts, list(record.get("retired", [])))
                 else:
                     iface = record.get("iface")
-                    image.set(tuple(record["key"]), None if iface is None else _dumps(iface),
+                    image.set(tuple(record["key"]), None if iface is None else _text(iface),
                               list(record.get("retired", [])))
         except (TypeError, KeyError, AttributeError):  # a hand-written file of another shape
             return
@@ -275,12 +369,18 @@ class StateStore:
         self._full = True
         await self._flush(snapshot)
 
-    async def commit(self, state: Persistable, keys: Iterable[Key] | None = None) -> None:
-        """Persist the changes of ``keys`` (None: everything) in ``state``; durable when this returns."""
+    async def commit(self, state: Persistable, keys: Iterable[Key] | None = None, *,
+                     owners: dict[Key, Iterable[str]] | None = None) -> None:
+        """Persist the changes of ``keys`` (None: everything) in ``state``; durable when this returns.
+        ``owners``: of a key in it, only the owners named there may have changed (the rest of
+        the interface is compared whole)."""
         if keys is None:
             self._full = True
         else:
-            self._keys.update(keys)
+            for key in keys:
+                names = None if owners is None else owners.get(key)
+                pending = self._keys.get(key, ())
+                self._keys[key] = None if pending is None or names is None else set(pending).union(names)
         await self._flush(state)
 
     async def _flush(self, source: Persistable | Callable[[], dict]) -> None:
@@ -304,7 +404,7 @@ class StateStore:
 
     def _prepare(self, source: Persistable | Callable[[], dict]) -> Callable[[], None] | None:
         """Take the pending changes and turn them into the write to do (in a thread); None: nothing."""
-        keys, self._keys = self._keys, set()
+        keys, self._keys = self._keys, {}
         full, self._full = self._full, False
         if callable(source):  # a plain snapshot (tests, tools): the image is unknown afterwards
             self._image = None
@@ -315,13 +415,7 @@ class StateStore:
             payload = self._image.snapshot()
             return lambda: self._compact(payload)
         image = self._image
-        records = []
-        for key in sorted(keys, key=_sort):
-            text, retired = image.entry(source, key)
-            if (text, retired) == (image.ifaces.get(key), image.retired.get(key, [])):
-                continue  # unchanged (an idempotent call)
-            image.set(key, text, retired)
-            records.append(f'{{"key":{_dumps(list(key))},"iface":{text or "null"},"retired":{_dumps(retired)}}}')
+        records = [r for key in sorted(keys, key=_sort) if (r := image.record(source, key, keys[key])) is not None]
         namespaces = source.namespaces_json()
         if namespaces != image.namespaces:
             image.namespaces = namespaces
@@ -387,15 +481,28 @@ class StateStore:
         self.bytes_written += len(payload)
 
 
+def _text(data: dict) -> str | _Parts:
+    """What the image keeps of an interface read from the file."""
+    return _Parts.of(data) if len(data.get("owners") or ()) >= SPLIT_OWNERS else _dumps(data)
+
+
+def _is_key(key: object) -> bool:
+    return isinstance(key, list) and len(key) == 2 and isinstance(key[1], str) and (
+        key[0] is None or isinstance(key[0], str))
+
+
 def _is_record(record: object) -> bool:
     if not isinstance(record, dict):
         return False
     if "namespaces" in record:
         return isinstance(record["namespaces"], list)
-    key = record.get("key")
+    if "update" in record:
+        owners = record.get("owners")
+        return (_is_key(record["update"]) and isinstance(record.get("head"), dict) and isinstance(owners, dict)
+                and all(o is None or isinstance(o, dict) for o in owners.values())
+                and isinstance(record.get("retired", []), list))
     return (
-        isinstance(key, list) and len(key) == 2 and isinstance(key[1], str)
-        and (key[0] is None or isinstance(key[0], str))
+        _is_key(record.get("key"))
         and (record.get("iface") is None or isinstance(record["iface"], dict))
         and isinstance(record.get("retired", []), list)
     )
@@ -410,12 +517,25 @@ def _replay(data: dict, records: list[dict]) -> dict:
         if "namespaces" in record:
             namespaces = record["namespaces"]
             continue
-        netns, name = record["key"]
-        key = (netns, name)
-        if record.get("iface") is None:
-            ifaces.pop(key, None)
+        if "update" in record:  # the interface's fields and the owners that changed, in place
+            netns, name = record["update"]
+            key = (netns, name)
+            iface = ifaces.get(key)
+            owners = iface.get("owners") if iface is not None else None
+            ifaces[key] = iface = dict(record["head"])
+            iface["owners"] = owners = owners if isinstance(owners, dict) else {}
+            for owner, value in record["owners"].items():
+                if value is None:
+                    owners.pop(owner, None)
+                else:
+                    owners[owner] = value
         else:
-            ifaces[key] = record["iface"]
+            netns, name = record["key"]
+            key = (netns, name)
+            if record.get("iface") is None:
+                ifaces.pop(key, None)
+            else:
+                ifaces[key] = record["iface"]
         if record.get("retired"):
             retired[key] = {"netns": netns, "name": name, "addresses": record["retired"]}
         else:

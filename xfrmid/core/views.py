@@ -4,6 +4,7 @@ to hear about changes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -31,9 +32,11 @@ class InterfaceInfo:
     external: bool
     operstate: str
     owned: bool  # xfrmid created it (and may delete it)
-    owners: tuple[str, ...]
-    addresses: tuple[str, ...]
-    routes: tuple[tuple[str, int, str], ...]  # (destination, table, src or "")
+    # sorted; a tuple, or beyond a few dozen items a SortedItems (compares equal to the tuple),
+    # which the next view shares but for the part that changed (core/sorted_items.py)
+    owners: Sequence[str]
+    addresses: Sequence[str]
+    routes: Sequence[tuple[str, int, str]]  # (destination, table, src or "")
     mark: int
     mask: int
 
@@ -65,7 +68,10 @@ def build_info(iface: "DesiredInterface", link: "LinkState | None", mask: int, p
         mark, shown_mask = output_mark(iface.if_id, mask)
     except InvalidArgument:  # the mask was narrowed by a reload: show it as it is
         mark, shown_mask = iface.if_id & mask, mask
-    routes, _ = iface.kernel_routes(mask, peer) if mark == iface.if_id else (set(), set())
+    if mark == iface.if_id:
+        owners, addresses, routes = iface.listing(mask, peer)
+    else:  # no routes outside the mask
+        owners, addresses, routes = iface.listing(mask, peer, routes=False)
     return InterfaceInfo(
         name=iface.name,
         if_id=iface.if_id,
@@ -76,9 +82,9 @@ def build_info(iface: "DesiredInterface", link: "LinkState | None", mask: int, p
         external=iface.external,
         operstate=link.operstate if link else ABSENT,
         owned=iface.owned,
-        owners=tuple(sorted(iface.owners)),
-        addresses=tuple(sorted(iface.addresses())),
-        routes=tuple(sorted((r.dst, r.table, r.src or "") for r in routes)),
+        owners=owners,
+        addresses=addresses,
+        routes=routes,
         mark=mark,
         mask=shown_mask,
     )

@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from ..errors import XfrmidError
-from ..kernel.events import AddressEvent, Event, Interest, LinkEvent, ResyncEvent
+from ..kernel.events import AddressEvent, Event, Interest, LinkEvent, ResyncEvent, RouteEvent, RuleEvent
 from .desired import Key
 from .drift import Managed, event_key
 from .views import InterfaceInfo
@@ -68,6 +68,11 @@ class Monitor(Protocol):
 MonitorFactory = Callable[[str | None, Callable[[Event], None], Interest], Monitor]
 
 
+def _addition(ev: Event) -> bool:
+    """An address, route or rule added: never drift (additions break no promise)."""
+    return isinstance(ev, (AddressEvent, RouteEvent, RuleEvent)) and not ev.deleted
+
+
 def _label(netns: str | None) -> str:
     return repr(netns) if netns else "<own>"
 
@@ -95,6 +100,9 @@ class Watcher:
         self._monitors: dict[str | None, Monitor] = {}
         self._extra_netns: set[str | None] = {None}
         self._pending: dict[tuple, Event] = {}
+        # of the pending events, those that may break a promise as far as vouches() knows
+        # (not an addition, not yet judged harmless): what a vouch must look at
+        self._suspects: dict[tuple, Event] = {}
         self._overflow = False
         self._first = self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -175,9 +183,6 @@ class Watcher:
             self._ran.clear()
             await self._ran.wait()
 
-    # Scanning more pending events than this to clear one interface costs more than a read.
-    VOUCH_SCAN = 64
-
     def vouches(self, key: Key, ifindex: int, since: float | None) -> bool:
         """Whether drift of managed interface ``key`` since ``since`` (loop time of the
         kernel state the caller holds, link ``ifindex``) would be in the watcher's hands.
@@ -187,9 +192,12 @@ class Watcher:
         reconcile: the daemon starts the watcher right after it, before taking calls),
         the watcher knows the interface by that ifindex (so a deletion of that link is
         judged drift), no repair is waiting for a retry, and no pending event may
-        concern it: an event on another interface is fine; on it, or on a route, a
-        rule, or a lost stream in its namespace, is not. Events still in the socket
-        are a race no read closes (see ``Reconciler.vouched``).
+        concern it: an addition, or an event on another interface, is fine; on it, or
+        on a rule, or a lost stream in its namespace, is not, unless it breaks no promise
+        by the views published since (xfrmid's own removals: the call that made one
+        published first). Such an event is judged once: each costs O(1) amortised, so
+        a vouch costs O(1) while thousands of a hub's own events wait for their burst.
+        Events still in the socket are a race no read closes (see ``Reconciler.vouched``).
         """
         netns = key[0] or None
         monitor = self._monitors.get(netns)
@@ -201,14 +209,14 @@ class Watcher:
         info = self._managed.infos.get((netns, key[1]))
         if info is None or info.ifindex != ifindex or ifindex <= 0:
             return False
-        if not self._pending:
-            return True
-        if len(self._pending) > self.VOUCH_SCAN:
-            return False
-        for ev in self._pending.values():
+        suspects = self._suspects
+        for event_id, ev in list(suspects.items()):
             if (ev.netns or None) != netns:
                 continue
-            if isinstance(ev, (LinkEvent, AddressEvent)):
+            if not isinstance(ev, (ResyncEvent, RuleEvent)):
+                if not self._managed.is_drift(ev):
+                    del suspects[event_id]  # harmless now, and stays so (see above)
+                    continue
                 target = self._managed.target(ev)
                 if target is not None and target != (netns, key[1]):
                     continue
@@ -337,7 +345,12 @@ class Watcher:
             if isinstance(ev, ResyncEvent) and ev.overrun:
                 self.overruns += 1
             if len(self._pending) < MAX_PENDING:
-                self._pending[event_key(ev)] = ev
+                event_id = event_key(ev)
+                self._pending[event_id] = ev
+                if _addition(ev):
+                    self._suspects.pop(event_id, None)  # a newer event on the object supersedes it
+                else:
+                    self._suspects[event_id] = ev
             else:
                 self._overflow = True
             if self._timer is None and not self._busy:
@@ -373,6 +386,7 @@ class Watcher:
             self._due.clear()
             pending, overflow, retry = self._pending, self._overflow, self._retry
             self._pending, self._overflow, self._retry = {}, False, False
+            self._suspects = {}
             self._busy = True
             try:
                 await self._burst(list(pending.values()), overflow, retry)
@@ -395,7 +409,6 @@ class Watcher:
                 log.warning("netlink overrun in netns %s; resynchronising", _label(netns or None))
             else:
                 log.info("netns %s: %s; resynchronising", _label(netns or None), evs[-1].reason)
-        self._managed.new_burst()
         drift = []
         for start in range(0, len(events), JUDGE_CHUNK):
             if start:
@@ -447,7 +460,10 @@ class Watcher:
                 if not self._pending and not self._overflow:
                     self._first = now
                 self._last = now
-                self._pending.setdefault(event_key(ev), ev)  # a newer event on it wins
+                event_id = event_key(ev)
+                if event_id not in self._pending:  # a newer event on it wins
+                    self._pending[event_id] = ev
+                    self._suspects[event_id] = ev
             else:
                 rest.append(ev)
         return rest

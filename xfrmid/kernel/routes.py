@@ -172,17 +172,19 @@ async def add_route(conn, netns: str | None, spec: RouteSpec) -> None:
         raise translate(exc, doing) from None
 
 
-async def remove_route(conn, netns: str | None, spec: RouteSpec) -> None:
-    """Remove xfrmid's route; a missing route (or device) is fine."""
+async def remove_route(conn, netns: str | None, spec: RouteSpec, *, sole: bool = False) -> None:
+    """Remove xfrmid's route; a missing route (or device) is fine. ``sole``: no other route
+    of xfrmid's to this prefix through this device in this table is wanted (see below)."""
     spec = normalize(spec)
     dev = await link_msgs.get_link(conn, name=spec.dev)
     if dev is None:
         return  # the kernel removed the route together with its device
     oif = link_msgs.index(dev)
     message = _message(spec, oif, adding=False)
-    if message["family"] == socket.AF_INET and spec.metric is None:
+    if message["family"] == socket.AF_INET and spec.metric is None and not sole:
         # IPv4 reads metric 0 as "any metric": if ours is gone, the kernel would
-        # remove our route to the same prefix with the next metric instead.
+        # remove our route to the same prefix with the next metric instead (with
+        # ``sole`` any such route is an unwanted one of ours: no read of them all first).
         if spec not in await own_routes(conn, netns, spec.dev, oif):
             return
     try:

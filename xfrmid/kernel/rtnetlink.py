@@ -110,8 +110,8 @@ class Kernel:
     async def add_route(self, netns: str | None, spec: RouteSpec) -> None:
         await _routes.add_route(await self._conns.get(netns), netns, spec)
 
-    async def remove_route(self, netns: str | None, spec: RouteSpec) -> None:
-        await _routes.remove_route(await self._conns.get(netns), netns, spec)
+    async def remove_route(self, netns: str | None, spec: RouteSpec, *, sole: bool = False) -> None:
+        await _routes.remove_route(await self._conns.get(netns), netns, spec, sole=sole)
 
     async def own_rules(self, netns: str | None) -> set[RuleSpec]:
         return await _rules.own_rules(await self._conns.get(netns), netns)
