@@ -6,7 +6,7 @@ signal as xfrmctl monitor shows it."""
 from __future__ import annotations
 
 import pytest
-from dbus_fast import Message
+from dbus_fast import Message, Variant
 
 from fake_kernel import FakeKernel
 
@@ -96,3 +96,13 @@ def test_xfrmctl_monitor_shows_repairs():
     assert event == {"event": "repaired", "path": "/org/xfrmid1/interface/ipsec1",
                      "what": "added address 10.0.0.1/24 to ipsec1"}
     assert show.event_line(event) == "repaired /org/xfrmid1/interface/ipsec1 added address 10.0.0.1/24 to ipsec1"
+
+
+def test_xfrmctl_monitor_names_invalidated_lists():
+    msg = Message.new_signal("/org/xfrmid1/interface/ipsec1", "org.freedesktop.DBus.Properties",
+                             "PropertiesChanged", "sa{sv}as",
+                             ["org.xfrmid1.Interface", {"OperState": Variant("s", "up")}, ["Owners", "Routes"]])
+    event = show.signal_event(msg)
+    assert event == {"event": "changed", "path": "/org/xfrmid1/interface/ipsec1",
+                     "properties": {"OperState": "up"}, "invalidated": ["Owners", "Routes"]}
+    assert show.event_line(event) == "changed  /org/xfrmid1/interface/ipsec1 OperState=up Owners changed Routes changed"

@@ -124,7 +124,9 @@ def test_xfrmctl_end_to_end(xfrmid, capsys):
                 if event["event"] == "removed":
                     break
         assert lines and lines[-1] == {"event": "removed", "path": "/org/xfrmid1/interface/ipsec216"}, lines
-        assert any(e["event"] == "changed" and "Owners" in e["properties"] for e in lines)
+        # Owners is invalidated: named, without its value
+        assert any(e["event"] == "changed" and "Owners" in e["invalidated"] and "Owners" not in e["properties"]
+                   for e in lines)
     finally:
         mon.send_signal(signal.SIGINT)
         assert mon.wait(120) == 0

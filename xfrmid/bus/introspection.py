@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 
 
 def interfaces_of(xml_text: str) -> dict[str, dict[str, object]]:
-    """interface name -> {"methods": {name: (in args, out sig)}, "signals": {...}, "properties": {name: (type, access)}}.
+    """interface name -> {"methods": {name: (in args, out sig)}, "signals": {...}, "properties": {name: (type, access)},
+    "annotations": {property name: {annotation: value}} (properties that have any)}.
 
     In args are (name, type) pairs, so a renamed argument shows up; the DOCTYPE
     and comments are ignored.
@@ -22,5 +23,8 @@ def interfaces_of(xml_text: str) -> dict[str, dict[str, object]]:
             methods[m.get("name")] = (ins, outs)
         signals = {s.get("name"): "".join(a.get("type") for a in s.findall("arg")) for s in iface.findall("signal")}
         props = {p.get("name"): (p.get("type"), p.get("access")) for p in iface.findall("property")}
-        result[iface.get("name")] = {"methods": methods, "signals": signals, "properties": props}
+        notes = {p.get("name"): {a.get("name"): a.get("value") for a in p.findall("annotation")}
+                 for p in iface.findall("property") if p.find("annotation") is not None}
+        result[iface.get("name")] = {"methods": methods, "signals": signals, "properties": props,
+                                     "annotations": notes}
     return result

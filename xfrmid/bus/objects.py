@@ -215,13 +215,26 @@ def bus_property(info: InterfaceInfo, prop: str) -> Any:
     return convert(getattr(info, field))
 
 
-def changed_properties(old: InterfaceInfo, new: InterfaceInfo) -> dict[str, Any]:
-    """The properties whose bus value differs between two views of one interface."""
-    return {
-        prop: convert(getattr(new, field))
-        for field, (prop, convert) in PROPERTY_OF.items()
-        if getattr(old, field) != getattr(new, field)
-    }
+# Properties whose PropertiesChanged names them without their value (annotation
+# org.freedesktop.DBus.Property.EmitsChangedSignal "invalidates"): with thousands of
+# owners and routes on one interface, sending the whole list on every Attach made each
+# call O(owners) on the bus; a client that cares asks with Get.
+EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+INVALIDATES = ("Owners", "Addresses", "Routes")
+
+
+def changed_properties(old: InterfaceInfo, new: InterfaceInfo) -> tuple[dict[str, Any], list[str]]:
+    """Between two views of one interface: the properties whose bus value differs, with their
+    new value, and the names of those of INVALIDATES that differ (their values are not built)."""
+    changed: dict[str, Any] = {}
+    invalidated: list[str] = []
+    for field, (prop, convert) in PROPERTY_OF.items():
+        if getattr(old, field) != getattr(new, field):
+            if prop in INVALIDATES:
+                invalidated.append(prop)
+            else:
+                changed[prop] = convert(getattr(new, field))
+    return changed, invalidated
 
 
 class InterfaceObject(ServiceInterface):
@@ -239,6 +252,9 @@ class InterfaceObject(ServiceInterface):
         for sig in ServiceInterface._get_signals(self):
             for arg, name in zip(sig.introspection.args, SIGNAL_ARG_NAMES.get(sig.name, [])):
                 arg.name = name
+        for prop in ServiceInterface._get_properties(self):
+            if prop.name in INVALIDATES:
+                prop.introspection.annotations[EMITS_CHANGED] = "invalidates"
 
     def _value(self, prop: str) -> Any:
         if self.info is None:

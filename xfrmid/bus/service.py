@@ -292,9 +292,10 @@ class BusService:
 
 
 def _properties_changed(path: str, old: InterfaceInfo, new: InterfaceInfo) -> Message | None:
-    """PropertiesChanged between two views of one interface; None when the bus sees no difference."""
-    changed = changed_properties(old, new)
-    if not changed:
+    """PropertiesChanged between two views of one interface; None when the bus sees no difference.
+    Owners, Addresses and Routes are named in invalidated_properties, without their values."""
+    changed, invalidated = changed_properties(old, new)
+    if not changed and not invalidated:
         return None
     return Message.new_signal(path, PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as",
-                              [INTERFACE_IFACE, as_variants(changed), []])
+                              [INTERFACE_IFACE, as_variants(changed), invalidated])

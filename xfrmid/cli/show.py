@@ -115,7 +115,8 @@ def signal_event(msg: Message) -> dict[str, Any] | None:
         return {"event": "removed", "path": body[0]}
     if msg.member == "PropertiesChanged" and body[0] in (INTERFACE_IFACE, MANAGER_IFACE):
         kind = "changed" if body[0] == INTERFACE_IFACE else "manager-changed"
-        return {"event": kind, "path": msg.path, "properties": body[1]}
+        # Owners, Addresses and Routes come named, without their values (invalidated)
+        return {"event": kind, "path": msg.path, "properties": body[1], "invalidated": body[2]}
     if msg.member == "Repaired" and msg.interface == INTERFACE_IFACE:
         return {"event": "repaired", "path": msg.path, "what": body[0]}
     return None
@@ -129,7 +130,8 @@ def event_line(event: dict[str, Any]) -> str:
         return f"removed  {event['path']}"
     if event["event"] == "repaired":
         return f"repaired {event['path']} {event['what']}"
-    changes = " ".join(f"{k}={_short(v)}" for k, v in props.items())
+    changes = " ".join([f"{k}={_short(v)}" for k, v in props.items()]
+                       + [f"{k} changed" for k in event.get("invalidated", ())])
     return f"{'changed ' if event['event'] == 'changed' else 'manager '} {event['path']} {changes}"
 
 
