@@ -23,7 +23,7 @@ from pathlib import Path
 
 from xfrmid.client import Client
 
-from . import cases
+from . import cases, hub
 from .kernel_reads import child_times
 from .harness import TOP, netns_add, netns_del, start_bus, start_daemon
 
@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-only", action="store_true",
                         help="measure only the startup and memory rows (no latency, storm, create/delete)")
     parser.add_argument("--only", metavar="ROWS",
-                        help="comma-separated phases to run: scale (startup, memory, latency, event_storm) "
-                             "and/or create (create and delete); default both")
+                        help="comma-separated phases to run: scale (startup, memory, latency, event_storm), "
+                             "create (create and delete) and/or hub (hub, startup_hub, hub_detach); default all")
+    parser.add_argument("--hub", type=int, default=int(os.environ.get("BENCH_HUB", 10000)),
+                        help="connections sharing one interface in the hub rows (default 10000, env BENCH_HUB)")
     parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
     return parser
 
@@ -77,7 +79,7 @@ async def _with_client(address: str, work):
         client.close()
 
 
-ORDER = ["create", "delete", "startup", "latency", "event_storm", "memory"]
+ORDER = ["create", "delete", "startup", "latency", "event_storm", "memory", "hub", "startup_hub", "hub_detach"]
 
 
 def save(rows: list[dict], out: Path) -> None:
@@ -102,15 +104,13 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
     """startup, memory, latency and event_storm on --scale managed interfaces."""
     log(f"preparing {args.scale} managed interfaces (ip -batch and a state file)")
     took = cases.prepare_scale(netns, state_dir, args.scale)
-    log(f"prepared in {took:.1f}s; baseline ip -d link show")
-    listing = child_times(["ip", "-n", netns, "-d", "link", "show"])
-    reads = cases.kernel_reads(netns)
-    log(f"ip -d link show: {listing[0]:.1f}s (user {listing[1]:.2f}s, sys {listing[2]:.2f}s); iproute2 reading "
-        f"links, addresses, routes and rules: {reads['iproute2']}; bare netlink dumps: {reads['raw']}; starting xfrmid")
+    log(f"prepared in {took:.1f}s; baselines")
+    listing, reads = _baselines(netns)
     daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "scale"))
     try:
         rows.append(cases.startup_row(daemon, listing, args.scale, reads))
-        log(f"ready after {rows[-1]['xfrmid']:.1f}s (ip: {listing[0]:.1f}s), phases {rows[-1]['phases']}; latency")
+        log(f"ready after {rows[-1]['xfrmid']:.1f}s (iproute2: {rows[-1]['baseline']:.1f}s), "
+            f"phases {rows[-1]['phases']}; latency")
         rows.append(cases.memory_row(daemon, args.scale))
         save(rows, out)
         if args.startup_only:
@@ -130,6 +130,44 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
         raise
     finally:
         _stop(daemon, "scale")
+
+
+def _baselines(netns: str) -> tuple[tuple[float, float, float], dict]:
+    """``ip -d link show``, and iproute2 and bare dumps reading what the start-up reads."""
+    listing = child_times(["ip", "-n", netns, "-d", "link", "show"])
+    reads = cases.kernel_reads(netns)
+    log(f"ip -d link show: {listing[0]:.1f}s (user {listing[1]:.2f}s, sys {listing[2]:.2f}s); iproute2 reading "
+        f"links, addresses, routes and rules: {reads['iproute2']}; bare netlink dumps: {reads['raw']}")
+    return listing, reads
+
+
+def _hub_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: Path) -> None:
+    """--hub connections on one interface; the daemon restarted with them (startup_hub); each detached."""
+    log(f"hub: {args.hub} connections on {hub.HUB}")
+    daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "hub"))
+    try:
+        rows.append(asyncio.run(_with_client(bus.address, lambda c: hub.connect(c, netns, args.hub))))
+        save(rows, out)
+        log(f"hub: {rows[-1]['last_per_connection_s'] * 1000:.2f} ms per connection for the last "
+            f"{rows[-1]['compared']}, {rows[-1]['first_per_connection_s'] * 1000:.2f} ms for the first; restarting")
+    except Exception:
+        _tail_on_error(daemon)
+        raise
+    finally:
+        _stop(daemon, "hub")
+    listing, reads = _baselines(netns)
+    daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "hub-restart"))
+    try:
+        rows.append(cases.startup_row(daemon, listing, args.hub, reads, name="startup_hub"))
+        save(rows, out)
+        log(f"hub: ready after {rows[-1]['xfrmid']:.1f}s (iproute2: {rows[-1]['baseline']:.1f}s); detaching")
+        rows.append(asyncio.run(_with_client(bus.address, lambda c: hub.disconnect(c, netns, args.hub))))
+        save(rows, out)
+    except Exception:
+        _tail_on_error(daemon)
+        raise
+    finally:
+        _stop(daemon, "hub restarted")
 
 
 def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, rows: list[dict], out: Path) -> None:
@@ -153,18 +191,22 @@ def run(args) -> list[dict]:
     out = Path(args.out)
     tag = str(os.getpid())
     work = Path(tempfile.mkdtemp(prefix="xfrmid-bench-"))
-    namespaces = [f"xfrmid-bench-{p}-{tag}" for p in ("scale", "api", "base")]
+    namespaces = [f"xfrmid-bench-{p}-{tag}" for p in ("scale", "api", "base", "hub")]
     bus = start_bus()
     rows: list[dict] = []
     try:
         for ns in namespaces:
             netns_add(ns)
-        only = set((args.only or "scale,create").split(","))
+        only = set((args.only or "scale,create,hub").split(","))
         if "scale" in only:
             _scale_phase(args, bus, namespaces[0], work / "scale-state", rows, out)
         netns_del(namespaces[0])
         if not args.startup_only and "create" in only:
             _create_delete_phase(args, bus, namespaces[1], namespaces[2], work / "api-state", rows, out)
+        for ns in namespaces[1:3]:
+            netns_del(ns)
+        if not args.startup_only and "hub" in only:
+            _hub_phase(args, bus, namespaces[3], work / "hub-state", rows, out)
     finally:
         bus.stop()
         for ns in namespaces:
@@ -193,9 +235,14 @@ def table(rows: list[dict]) -> str:
                 notes += f"; bare link add {r['kernel_floor_s']:.2f}s"
             if r.get("kernel_bulk_s"):
                 notes += f"; group delete {r['kernel_bulk_s']:.2f}s"
-        if r["name"] == "startup":
+        if r["name"] in ("startup", "startup_hub"):
             p = r.get("phases") or {}
             notes = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in p.items() if v is not None)
+            notes += f"; {r['ip_link_show_ratio']}x ip -d link show, bare dumps {f(r['kernel_reads_s'], 's')}"
+        if r["name"] in ("hub", "hub_detach"):
+            notes = (f"{r['last_per_connection_s'] * 1000:.2f} ms/connection (last {r['compared']}) vs "
+                     f"{r['first_per_connection_s'] * 1000:.2f} (first); {r['get_ratio']}x a Get "
+                     f"(<={r['get_target']}: {'yes' if r['get_ratio'] <= r['get_target'] else 'NO'})")
         if r["name"] == "latency":
             notes = (f"p99 {r['attach_p99']:.3f}s = {r['p99_over_median']}x median (<=2: {'yes' if r['p99_ok'] else 'NO'}); "
                      f"Get's own p99 {r['get_p99_over_median']}x its median")

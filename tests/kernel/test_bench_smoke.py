@@ -13,20 +13,22 @@ import subprocess
 
 from bench import run as bench
 
-NAMES = ["create", "delete", "startup", "latency", "event_storm", "memory"]
+NAMES = ["create", "delete", "startup", "latency", "event_storm", "memory", "hub", "startup_hub", "hub_detach"]
+HUB = 120  # connections on the hub: one of them adds an address
 
 
-def test_bench_smoke_writes_all_six_rows(tmp_path, capsys):
+def test_bench_smoke_writes_every_row(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # in this process: one Python start less in the slow VM
-    rc = bench.main(["--n", "12", "--scale", "12", "--samples", "12", "--storm-wait", "10", "--out", str(out)])
+    rc = bench.main(["--n", "12", "--scale", "12", "--samples", "12", "--storm-wait", "10", "--hub", str(HUB),
+                     "--out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed[-3000:]
     rows = json.loads(out.read_text())
     assert [r["name"] for r in rows] == NAMES
     for r in rows:
         assert {"name", "xfrmid", "baseline", "ratio", "n"} <= set(r), r
-        assert r["n"] == 12
+        assert r["n"] == (HUB if r["name"] in ("hub", "startup_hub", "hub_detach") else 12)
         if r["name"] == "memory":
             assert 5 < r["rss_mb"] < 1000
         elif r["name"] == "event_storm":
@@ -38,7 +40,14 @@ def test_bench_smoke_writes_all_six_rows(tmp_path, capsys):
     # each row explains itself: start-up phases from the daemon's log, the kernel's floors,
     # the storm whose events reach the daemon
     assert all(v is not None for v in by["startup"]["phases"].values()), by["startup"]
-    assert by["startup"]["iproute2_reads_s"] > 0
+    assert by["startup"]["iproute2_reads_s"] == by["startup"]["baseline"] and by["startup"]["ip_link_show_s"] > 0
+    # the hub: per connection, the last tenth against the first and against a Get; the restart on its state
+    for name in ("hub", "hub_detach"):
+        assert by[name]["compared"] == HUB // 10 and by[name]["get_s"] > 0 and by[name]["get_ratio"] > 0
+        assert by[name]["first_per_connection_s"] == by[name]["baseline"]
+    assert by["hub"]["calls"] == 2 * HUB + 1 and by["hub"]["get_all_s"] > 0
+    assert by["startup_hub"]["kernel_reads_messages"]["xfrmid's routes"] == HUB
+    assert by["startup_hub"]["kernel_reads_messages"]["xfrm links"] == 1
     # the kernel's share: the bare reader saw the 12 links, addresses and routes
     assert by["startup"]["kernel_reads_s"] > 0 and by["startup"]["kernel_reads_sys_s"] is not None
     assert by["startup"]["kernel_reads_messages"]["xfrm links"] == 12

@@ -1,0 +1,146 @@
+"""The road-warrior hub: thousands of connections sharing one interface.
+
+libreswan's commonest use of an XFRM interface: every client's connection
+shares the server's ``ipsec-interface`` and adds its own /32 route. Here each
+connection is an Attach of a new owner on ``ipsec1`` plus an AddRoute of its
+/32 (every 100th also an AddAddress), ``WINDOW`` connections in flight as a
+client may pipeline them. A cost per call that grows with the owners already
+there shows as the last connections costing more than the first: the rows
+compare the time per connection of the last k with that of the first k
+(k = 1,000 of 10,000), and with a Properties.Get of the same daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import subprocess
+import time
+
+from xfrmid.bus.names import INTERFACE_IFACE, interface_path
+from xfrmid.client import Client
+
+from .cases import WINDOW, _r, get_version, row
+from .harness import median
+
+HUB = "ipsec1"
+ROUTE_BASE = ipaddress.ip_address("10.128.0.0")  # connection i routes ROUTE_BASE + i /32
+ADDRESS_BASE = ipaddress.ip_address("10.64.0.0")  # every ADDRESS_EVERY-th connection adds an address
+ADDRESS_EVERY = 100
+GET_SAMPLES = 200
+
+
+def owner(i: int) -> str:
+    return f"road-{i}"
+
+
+def route_of(i: int) -> str:
+    return f"{ROUTE_BASE + i}/32"
+
+
+def address_of(i: int) -> str:
+    return f"{ADDRESS_BASE + i}/32"
+
+
+def window_size(n: int) -> int:
+    """The first and the last this many connections are compared (1,000 of 10,000)."""
+    return max(1, min(1000, n // 10))
+
+
+async def _stamped(calls, window: int) -> tuple[float, list[float]]:
+    """Run connection coroutines ``window`` at a time: (start, sorted completion times)."""
+    sem = asyncio.Semaphore(window)
+    done: list[float] = []
+
+    async def one(factory):
+        async with sem:
+            await factory()
+            done.append(time.perf_counter())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in calls))
+    return start, sorted(done)
+
+
+def _first_last(start: float, done: list[float], k: int) -> tuple[float, float]:
+    """Seconds per connection of the first ``k`` and of the last ``k`` completed."""
+    first = (done[k - 1] - start) / k
+    last = (done[-1] - (done[-k - 1] if len(done) > k else start)) / k
+    return first, last
+
+
+async def _get_median(client: Client) -> float:
+    """Median round trip of a Properties.Get (the manager's Version), one at a time."""
+    times = []
+    for _ in range(GET_SAMPLES):
+        t0 = time.perf_counter()
+        await get_version(client)
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def kernel_counts(netns: str) -> tuple[int, int]:
+    """(xfrmid's routes through the hub, addresses on it) as iproute2 lists them."""
+    routes = subprocess.run(["ip", "-n", netns, "-4", "route", "show", "proto", "120", "dev", HUB],
+                            capture_output=True, text=True).stdout.splitlines()
+    addresses = subprocess.run(["ip", "-n", netns, "-4", "-o", "addr", "show", "dev", HUB],
+                               capture_output=True, text=True).stdout.splitlines()
+    return len(routes), len(addresses)
+
+
+def _links(netns: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show", "type", "xfrm"], capture_output=True, text=True)
+    return len(out.stdout.splitlines())
+
+
+def _hub_row(name: str, first: float, last: float, get: float, n: int, k: int, **extra) -> dict:
+    """Last k against the first k (target 1.5) and against a Get (target 2.0): ok when both hold."""
+    r = row(name, last, first, n, 1.5, compared=k, first_per_connection_s=_r(first),
+            last_per_connection_s=_r(last), get_s=_r(get), get_ratio=round(last / get, 3), get_target=2.0,
+            baseline_tool=f"the first {k} connections of the same run; get_s: median Properties.Get "
+                          f"round trip ({GET_SAMPLES}, one at a time), same daemon", window=WINDOW, **extra)
+    r["ok"] = r["ok"] and r["get_ratio"] <= 2.0
+    return r
+
+
+async def connect(client: Client, netns: str, n: int) -> dict:
+    """n connections on the hub; the ``hub`` row (kernel state checked with iproute2)."""
+    get = await _get_median(client)
+
+    async def one(i: int) -> None:
+        await client.attach(HUB, owner(i))
+        await client.add_route(HUB, owner(i), route_of(i))
+        if i % ADDRESS_EVERY == 0:
+            await client.add_address(HUB, owner(i), address_of(i))
+
+    start, done = await _stamped([lambda i=i: one(i) for i in range(1, n + 1)], WINDOW)
+    routes, addresses = kernel_counts(netns)
+    if (routes, addresses) != (n, n // ADDRESS_EVERY):
+        raise RuntimeError(f"hub: the kernel has {routes} routes and {addresses} addresses on {HUB}, "
+                           f"not {n} and {n // ADDRESS_EVERY}")
+    t0 = time.perf_counter()
+    props = await client.interface_properties(HUB)
+    get_all = time.perf_counter() - t0
+    if len(props["Owners"]) != n or len(props["Routes"]) != n:
+        raise RuntimeError(f"hub: {HUB} lists {len(props['Owners'])} owners and {len(props['Routes'])} routes")
+    t0 = time.perf_counter()
+    await client.call("Get", "ss", [INTERFACE_IFACE, "Owners"], path=interface_path(HUB, None),
+                      interface="org.freedesktop.DBus.Properties")
+    get_owners = time.perf_counter() - t0
+    k = window_size(n)
+    first, last = _first_last(start, done, k)
+    return _hub_row("hub", first, last, get, n, k, elapsed_s=_r(done[-1] - start),
+                    calls=2 * n + n // ADDRESS_EVERY, get_all_s=_r(get_all), get_owners_s=_r(get_owners),
+                    api="Attach + AddRoute /32 per connection (AddAddress every 100th)")
+
+
+async def disconnect(client: Client, netns: str, n: int) -> dict:
+    """Detach of each connection; the ``hub_detach`` row (the last Detach deletes the hub)."""
+    get = await _get_median(client)
+    start, done = await _stamped([lambda i=i: client.detach(HUB, owner(i)) for i in range(1, n + 1)], WINDOW)
+    if _links(netns):
+        raise RuntimeError(f"hub: {HUB} is still there after every owner detached")
+    k = window_size(n)
+    first, last = _first_last(start, done, k)
+    return _hub_row("hub_detach", first, last, get, n, k, elapsed_s=_r(done[-1] - start),
+                    api="Detach per connection")
