@@ -193,20 +193,21 @@ class DesiredInterface:
         if self._holdings is not None:
             exp = self._holdings.expanded(self.name, self.if_id, mask, peer)
             return frozenset(exp.routes), frozenset(exp.rules) if exp.rules else _NO_RULES
-        # the cache key: a sorted tuple (one request: 48 bytes, a frozenset 216)
-        requests = tuple(sorted(self.route_requests(), key=RouteRequest.sort_key))
+        # the cache key: the owners' route sets, which are values replaced on change (a tuple
+        # compares them by identity first: no sorting, no hashing of the requests per call)
+        held = tuple(owner.routes for owner in self.owners.values())
         cached = self._expanded
-        if cached is not None and cached[0] == mask and cached[1] == peer and cached[2] == requests:
+        if cached is not None and cached[0] == mask and cached[1] == peer and cached[2] == held:
             return cached[3]
         mark, mask_ = self.mark(mask)
         routes: set[RouteSpec] = set()
         rules: set[RuleSpec] = set()
-        for request in requests:
+        for request in frozenset().union(*held):
             r, q = expand(request, self.name, mark, mask_, peer)
             routes.update(r)
             rules.update(q)
         result = (frozenset(routes), frozenset(rules) if rules else _NO_RULES)
-        self._expanded = (mask, peer, requests, result)
+        self._expanded = (mask, peer, held, result)
         return result
 
     def listing(self, mask: int, peer: PeerPolicy, *, routes: bool = True

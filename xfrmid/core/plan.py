@@ -240,7 +240,9 @@ def plan_netns(inp: PlanInput) -> list[Action]:
             add("add_address", name, category, f"added address {cidr} to {name}",
                 address=AddressSpec(ifname=name, cidr=cidr))
         going = (have & inp.retired.get(name, set())) - want
-        routes = d.kernel_routes(inp.mask, inp.peer)[0] if d is not None and going else ()
+        if not going:
+            continue
+        routes = d.kernel_routes(inp.mask, inp.peer)[0] if d is not None else ()
         kept = addresses_to_keep(going, want | (have - going), routes)  # once this plan ran
         until_added = addresses_to_keep(going, have - going, routes)  # while the removals run
         for cidr in sorted(going):
@@ -269,17 +271,17 @@ def plan_netns(inp: PlanInput) -> list[Action]:
             marks.add(d.mark(inp.mask)[0])
     # Routes are keyed by device: a scoped plan needs the scoped devices' only.
     have_routes = {route_key(r): r for r in view.routes if scope is None or r.dev in scope.names}
-    for key, r in sorted(have_routes.items(), key=lambda kv: repr(kv[0])):
-        if key in want_routes or status.get(r.dev) in ("gone", "new"):
-            continue  # wanted, or it goes away with its link anyway
+    # each in the order of its key's text (stable), sorting only those that need an action:
+    # the others are wanted and there, or go with their link
+    unwanted = [(k, r) for k, r in have_routes.items()
+                if k not in want_routes and status.get(r.dev) not in ("gone", "new")]
+    for key, r in sorted(unwanted, key=lambda kv: repr(kv[0])):
         add("remove_route", r.dev, "removed", f"removed route {r.dst} via {r.dev} (table {r.table})", route=r)
-    for key, r in sorted(want_routes.items(), key=lambda kv: repr(kv[0])):
-        if scope is not None and r.dev not in scope.names:
-            continue
-        st = status.get(r.dev)
-        if st == "new" or (st == "kept" and key not in have_routes):
-            add("add_route", r.dev, "repaired" if st == "kept" else None,
-                f"added route {r.dst} via {r.dev} (table {r.table})", route=r)
+    missing = [(k, r, status.get(r.dev)) for k, r in want_routes.items() if scope is None or r.dev in scope.names]
+    missing = [m for m in missing if m[2] == "new" or (m[2] == "kept" and m[0] not in have_routes)]
+    for key, r, st in sorted(missing, key=lambda m: repr(m[0])):
+        add("add_route", r.dev, "repaired" if st == "kept" else None,
+            f"added route {r.dst} via {r.dev} (table {r.table})", route=r)
     have_rules = {rule_key(q): q for q in view.rules if scope is None or q.fwmark in marks or is_shared(q)}
     shared = None if scope is None or inp.shared is None else {rule_key(q) for q in inp.shared}
     for key, q in sorted(have_rules.items(), key=lambda kv: repr(kv[0])):
