@@ -69,14 +69,23 @@ def _first_last(start: float, done: list[float], k: int) -> tuple[float, float]:
     return first, last
 
 
-async def _get_median(client: Client) -> float:
-    """Median round trip of a Properties.Get (the manager's Version), one at a time."""
+async def _gets(client: Client) -> list[float]:
+    """Round trips of GET_SAMPLES Properties.Get (the manager's Version), one at a time."""
     times = []
     for _ in range(GET_SAMPLES):
         t0 = time.perf_counter()
         await get_version(client)
         times.append(time.perf_counter() - t0)
-    return median(times)
+    return times
+
+
+async def _timed_run(client: Client, calls) -> tuple[float, list[float], list[float], list[float]]:
+    """(start, completion times) of the connections' calls, with the Gets right before and right
+    after them: the (emulated, shared) machine's speed drifts over minutes, so the baseline is
+    the median of both."""
+    before = await _gets(client)
+    start, done = await _stamped(calls, WINDOW)
+    return start, done, before, await _gets(client)
 
 
 def kernel_counts(netns: str) -> tuple[int, int]:
@@ -93,19 +102,24 @@ def _links(netns: str) -> int:
     return len(out.stdout.splitlines())
 
 
-def _hub_row(name: str, first: float, last: float, get: float, n: int, k: int, **extra) -> dict:
+def _hub_row(name: str, start: float, done: list[float], before: list[float], after: list[float], n: int,
+             **extra) -> dict:
     """Last k against the first k (target 1.5) and against a Get (target 2.0): ok when both hold."""
+    k = window_size(n)
+    first, last = _first_last(start, done, k)
+    get = median(before + after)
     r = row(name, last, first, n, 1.5, compared=k, first_per_connection_s=_r(first),
             last_per_connection_s=_r(last), get_s=_r(get), get_ratio=round(last / get, 3), get_target=2.0,
+            get_before_s=_r(median(before)), get_after_s=_r(median(after)), elapsed_s=_r(done[-1] - start),
             baseline_tool=f"the first {k} connections of the same run; get_s: median Properties.Get "
-                          f"round trip ({GET_SAMPLES}, one at a time), same daemon", window=WINDOW, **extra)
+                          f"round trip ({GET_SAMPLES} right before and {GET_SAMPLES} right after, one at a "
+                          "time), same daemon", window=WINDOW, **extra)
     r["ok"] = r["ok"] and r["get_ratio"] <= 2.0
     return r
 
 
 async def connect(client: Client, netns: str, n: int) -> dict:
     """n connections on the hub; the ``hub`` row (kernel state checked with iproute2)."""
-    get = await _get_median(client)
 
     async def one(i: int) -> None:
         await client.attach(HUB, owner(i))
@@ -113,7 +127,7 @@ async def connect(client: Client, netns: str, n: int) -> dict:
         if i % ADDRESS_EVERY == 0:
             await client.add_address(HUB, owner(i), address_of(i))
 
-    start, done = await _stamped([lambda i=i: one(i) for i in range(1, n + 1)], WINDOW)
+    start, done, before, after = await _timed_run(client, [lambda i=i: one(i) for i in range(1, n + 1)])
     routes, addresses = kernel_counts(netns)
     if (routes, addresses) != (n, n // ADDRESS_EVERY):
         raise RuntimeError(f"hub: the kernel has {routes} routes and {addresses} addresses on {HUB}, "
@@ -127,20 +141,14 @@ async def connect(client: Client, netns: str, n: int) -> dict:
     await client.call("Get", "ss", [INTERFACE_IFACE, "Owners"], path=interface_path(HUB, None),
                       interface="org.freedesktop.DBus.Properties")
     get_owners = time.perf_counter() - t0
-    k = window_size(n)
-    first, last = _first_last(start, done, k)
-    return _hub_row("hub", first, last, get, n, k, elapsed_s=_r(done[-1] - start),
-                    calls=2 * n + n // ADDRESS_EVERY, get_all_s=_r(get_all), get_owners_s=_r(get_owners),
-                    api="Attach + AddRoute /32 per connection (AddAddress every 100th)")
+    return _hub_row("hub", start, done, before, after, n, calls=2 * n + n // ADDRESS_EVERY,
+                    get_all_s=_r(get_all), get_owners_s=_r(get_owners), api="Attach + AddRoute /32 per connection (AddAddress every 100th)")
 
 
 async def disconnect(client: Client, netns: str, n: int) -> dict:
     """Detach of each connection; the ``hub_detach`` row (the last Detach deletes the hub)."""
-    get = await _get_median(client)
-    start, done = await _stamped([lambda i=i: client.detach(HUB, owner(i)) for i in range(1, n + 1)], WINDOW)
+    start, done, before, after = await _timed_run(client, [lambda i=i: client.detach(HUB, owner(i))
+                                                           for i in range(1, n + 1)])
     if _links(netns):
         raise RuntimeError(f"hub: {HUB} is still there after every owner detached")
-    k = window_size(n)
-    first, last = _first_last(start, done, k)
-    return _hub_row("hub_detach", first, last, get, n, k, elapsed_s=_r(done[-1] - start),
-                    api="Detach per connection")
+    return _hub_row("hub_detach", start, done, before, after, n, api="Detach per connection")
