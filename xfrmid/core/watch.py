@@ -68,11 +68,6 @@ class Monitor(Protocol):
 MonitorFactory = Callable[[str | None, Callable[[Event], None], Interest], Monitor]
 
 
-def _addition(ev: Event) -> bool:
-    """An address, route or rule added: never drift (additions break no promise)."""
-    return isinstance(ev, (AddressEvent, RouteEvent, RuleEvent)) and not ev.deleted
-
-
 def _label(netns: str | None) -> str:
     return repr(netns) if netns else "<own>"
 
@@ -100,8 +95,7 @@ class Watcher:
         self._monitors: dict[str | None, Monitor] = {}
         self._extra_netns: set[str | None] = {None}
         self._pending: dict[tuple, Event] = {}
-        # of the pending events, those that may break a promise as far as vouches() knows
-        # (not an addition, not yet judged harmless): what a vouch must look at
+        # the pending events a vouch must look at (not additions, not yet judged harmless)
         self._suspects: dict[tuple, Event] = {}
         self._overflow = False
         self._first = self._last = 0.0
@@ -189,15 +183,14 @@ class Watcher:
 
         True only while the namespace's monitor is subscribed and was before ``since``
         (the monitors start() subscribes count as subscribed before the start-up
-        reconcile: the daemon starts the watcher right after it, before taking calls),
-        the watcher knows the interface by that ifindex (so a deletion of that link is
-        judged drift), no repair is waiting for a retry, and no pending event may
-        concern it: an addition, or an event on another interface, is fine; on it, or
-        on a rule, or a lost stream in its namespace, is not, unless it breaks no promise
-        by the views published since (xfrmid's own removals: the call that made one
-        published first). Such an event is judged once: each costs O(1) amortised, so
-        a vouch costs O(1) while thousands of a hub's own events wait for their burst.
-        Events still in the socket are a race no read closes (see ``Reconciler.vouched``).
+        reconcile, which the daemon runs before taking calls), the watcher knows the
+        interface by that ifindex (a deletion of that link is judged drift), no repair
+        waits for a retry, and no pending event may concern it: an addition, or an event
+        on another interface, is fine; on it, on a rule, or a lost stream in its namespace,
+        is not, unless it breaks no promise by the views published since (xfrmid's own
+        removals). Each such event is judged once, so a vouch costs O(1) amortised while
+        a hub's own events wait for their burst. Events still in the socket are a race
+        no read closes (see ``Reconciler.vouched``).
         """
         netns = key[0] or None
         monitor = self._monitors.get(netns)
@@ -347,7 +340,7 @@ class Watcher:
             if len(self._pending) < MAX_PENDING:
                 event_id = event_key(ev)
                 self._pending[event_id] = ev
-                if _addition(ev):
+                if isinstance(ev, (AddressEvent, RouteEvent, RuleEvent)) and not ev.deleted:  # never drift
                     self._suspects.pop(event_id, None)  # a newer event on the object supersedes it
                 else:
                     self._suspects[event_id] = ev
