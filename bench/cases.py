@@ -15,7 +15,8 @@ from pathlib import Path
 
 from xfrmid.bus.names import MANAGER_IFACE
 from xfrmid.client import Client
-from xfrmid.core.desired import DesiredInterface, DesiredState, Owner
+from xfrmid.core.desired import DesiredInterface, Owner
+from xfrmid.core.desired_state import DesiredState
 from xfrmid.core.routes_policy import RouteRequest
 from xfrmid.core.store import StateStore
 from xfrmid.kernel.events import Interest, LinkEvent

@@ -11,9 +11,10 @@ from unittest import mock
 
 from hypothesis import given, settings as hsettings, strategies as st
 
-from xfrmid.core import desired as desired_module
+from xfrmid.core import desired_state as desired_module
 from xfrmid.core.changes import Change, change_of
-from xfrmid.core.desired import DesiredInterface, DesiredState
+from xfrmid.core.desired import DesiredInterface
+from xfrmid.core.desired_state import DesiredState
 from xfrmid.core.holdings import Holdings
 from xfrmid.core.routes_policy import route_request
 from xfrmid.core.sorted_items import SortedItems, sorted_items, with_item, without_item

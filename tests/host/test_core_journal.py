@@ -18,10 +18,12 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from xfrmid.core.desired import DesiredInterface, DesiredState, Owner
+from xfrmid.core.desired import DesiredInterface, Owner
+from xfrmid.core.desired_state import DesiredState
 from xfrmid.core.manager import Manager
 from xfrmid.core.routes_policy import RouteRequest
 from xfrmid.core import store as store_module
+from xfrmid.core import store_image
 from xfrmid.core.store import StateStore
 from xfrmid.errors import Failed
 from xfrmid.settings import Settings
@@ -294,7 +296,7 @@ def mutate(state: DesiredState, op: str, n: int, m: int) -> tuple:
 async def test_any_sequence_reloads_and_a_cut_write_loads_before_or_after(tmp_path_factory, ops, compact_min, cut,
                                                                          split):
     """``split``: from how many owners on an interface is written by parts (1: every one with an owner)."""
-    with mock.patch.object(store_module, "SPLIT_OWNERS", split):
+    with mock.patch.object(store_image, "SPLIT_OWNERS", split):
         await _any_sequence(tmp_path_factory, ops, compact_min, cut)
 
 

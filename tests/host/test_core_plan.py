@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from xfrmid.core.desired import DesiredInterface, DesiredState, Owner
+from xfrmid.core.desired import DesiredInterface, Owner
+from xfrmid.core.desired_state import DesiredState
 from xfrmid.core.plan import (KernelView, PlanInput, Scope, addresses_to_keep, plan_netns, settle_retired,
                               summarise)
 from xfrmid.core.routes_policy import PeerPolicy, RouteRequest, expand, is_shared, route_request, split_default

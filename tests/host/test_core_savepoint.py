@@ -58,7 +58,7 @@ def test_changing_the_original_leaves_the_copy():
 
 
 def test_restore_undoes_any_change_of_the_interface():
-    from xfrmid.core.desired import DesiredState
+    from xfrmid.core.desired_state import DesiredState
 
     state = DesiredState()
     state.put(_full())
@@ -79,7 +79,7 @@ def test_restore_undoes_any_change_of_the_interface():
 
 
 def test_a_save_point_keeps_only_what_the_change_replaced():
-    from xfrmid.core.desired import DesiredState
+    from xfrmid.core.desired_state import DesiredState
 
     state = DesiredState()
     state.put(_full())

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from xfrmid.client import Client
-from xfrmid.core.desired import DesiredInterface, DesiredState, Owner
+from xfrmid.core.desired import DesiredInterface, Owner
+from xfrmid.core.desired_state import DesiredState
 from xfrmid.core.routes_policy import RouteRequest
 from xfrmid.core.store import StateStore
 

@@ -1,6 +1,6 @@
 """What one call changed of one interface: the kernel objects it adds and removes, the owners it replaced.
 
-A call changes the desired state after a save point (desired.SavePoint); the
+A call changes the desired state after a save point (desired_state.SavePoint); the
 transaction then needs to know what that changed in the kernel (to sync, or to
 skip the kernel), which route slots to check, and which owners to persist.
 Comparing everything the interface puts in the kernel before and after made
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..kernel.objects import RouteSpec, RuleSpec
-from .desired import DesiredInterface, Key, SavePoint
+from .desired import DesiredInterface, Key
+from .desired_state import SavePoint
 from .plan import rule_key
 from .routes_policy import route_key
 

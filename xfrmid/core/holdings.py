@@ -11,7 +11,7 @@ moves between 0 and 1 is a kernel object gained or lost, which ``Delta``
 records while a call's save point is open. The sorted owner, address and
 route lists of the interface's view are kept the same way (sorted_items.py).
 
-An interface with many owners keeps its Holdings (``desired.BIG``); a small
+An interface with many owners keeps its Holdings (``desired_state.BIG``); a small
 one gets one for the duration of a call only.
 """
 

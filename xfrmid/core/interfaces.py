@@ -15,7 +15,8 @@ from ..errors import Busy, Conflict, InvalidArgument, KernelUnsupported, NotFoun
 from ..naming import check_ifname, check_u32, check_unique, derived_if_id, resolve
 from ..settings import Settings, StaticInterface
 from ..validate import check_netns, parse_interface_cidr
-from .desired import NO_ADDRESSES, DesiredInterface, DesiredState, Key
+from .desired import NO_ADDRESSES, DesiredInterface, Key
+from .desired_state import DesiredState
 
 if TYPE_CHECKING:
     from ..kernel.backend import KernelBackend

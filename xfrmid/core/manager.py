@@ -40,7 +40,8 @@ from ..errors import InvalidArgument, NotFound, XfrmidError, where
 from ..naming import check_ifname
 from ..settings import Settings
 from ..validate import check_netns, parse_interface_cidr
-from .desired import DesiredInterface, DesiredState, Key, check_owner
+from .desired import DesiredInterface, Key, check_owner
+from .desired_state import DesiredState
 from .gate import CallLocks
 from .guard import NO_GUARD, DriftGuard
 from .interfaces import (

@@ -16,7 +16,8 @@ from collections import Counter
 
 from ..errors import Conflict, InvalidArgument
 from ..kernel.objects import RouteSpec, RuleSpec
-from .desired import DesiredState, Key
+from .desired import Key
+from .desired_state import DesiredState
 from .routes_policy import PeerPolicy, effective_metric, is_shared
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .desired import DesiredState, Key
+from .desired import Key
+from .desired_state import DesiredState
 
 if TYPE_CHECKING:
     from ..kernel.objects import LinkState

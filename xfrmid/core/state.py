@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument
 from ..settings import Settings
-from .desired import DesiredInterface, DesiredState, Key, SavePoint
+from .desired import DesiredInterface, Key
+from .desired_state import DesiredState, SavePoint
 from .plan import PlanInput, Scope, rule_key
 from .route_slots import RouteSlots
 from .routes_policy import PeerPolicy, route_key

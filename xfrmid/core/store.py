@@ -42,11 +42,12 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ..errors import Failed
 from ..job_thread import JobThread
 from .append_file import AppendFile, write_all
+from .store_image import Image, Persistable, known, sort_key
 
 if TYPE_CHECKING:
     from .desired import Key
@@ -65,139 +66,6 @@ INLINE_APPEND_S = 0.002
 WRITER = JobThread("xfrmid-state-writer")  # one per process: the daemon has one store
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
-
-
-# From this many owners on, an interface is written by parts (see the module doc).
-SPLIT_OWNERS = 32
-
-
-class Persistable(Protocol):
-    """What the store needs of the desired state (``DesiredState`` has it)."""
-
-    def persisted_keys(self) -> Iterable[Key]: ...
-    def persisted(self, key: Key) -> dict | None: ...
-    def persisted_head(self, key: Key) -> dict | None: ...
-    def persisted_owners(self, key: Key, names: Iterable[str] | None = None) -> dict[str, dict | None]: ...
-    def owner_count(self, key: Key) -> int: ...
-    def retired_json(self, key: Key) -> list[str]: ...
-    def namespaces_json(self) -> list[str]: ...
-
-
-def _sort(key: Key) -> tuple:
-    return (key[0] or "", key[1])
-
-
-class _Parts:
-    """An interface written by parts: its fields (JSON text without the owners) and each owner's text."""
-
-    __slots__ = ("head", "owners")
-
-    def __init__(self, head: str, owners: dict[str, str]) -> None:
-        self.head, self.owners = head, owners
-
-    @classmethod
-    def of(cls, data: dict) -> "_Parts":
-        """From an interface's parsed JSON."""
-        owners = data.get("owners") or {}
-        return cls(_dumps({k: v for k, v in data.items() if k != "owners"}),
-                   {name: _dumps(owner) for name, owner in owners.items()})
-
-    def text(self) -> str:
-        """The whole interface's JSON text (a compaction)."""
-        owners = ",".join(f"{_dumps(n)}:{self.owners[n]}" for n in sorted(self.owners))
-        return f'{self.head[:-1]}{"," if len(self.head) > 2 else ""}"owners":{{{owners}}}}}'
-
-
-class _Image:
-    """What the file on disk says, per interface, as the JSON text written (to compare and compact)."""
-
-    def __init__(self) -> None:
-        self.ifaces: dict[Key, str | _Parts] = {}
-        self.retired: dict[Key, list[str]] = {}
-        self.namespaces: list[str] = []
-
-    def entry(self, state: Persistable, key: Key) -> tuple[str | _Parts | None, list[str]]:
-        if state.owner_count(key) >= SPLIT_OWNERS:
-            head = state.persisted_head(key)
-            if head is not None:
-                owners = {n: _dumps(d) for n, d in state.persisted_owners(key).items() if d is not None}
-                return _Parts(_dumps(head), owners), state.retired_json(key)
-        data = state.persisted(key)
-        return (None if data is None else _dumps(data), state.retired_json(key))
-
-    def set(self, key: Key, text: str | _Parts | None, retired: list[str]) -> None:
-        if text is None:
-            self.ifaces.pop(key, None)
-        else:
-            self.ifaces[key] = text
-        if retired:
-            self.retired[key] = retired
-        else:
-            self.retired.pop(key, None)
-
-    @classmethod
-    def of(cls, state: Persistable) -> "_Image":
-        image = cls()
-        keys = set(state.persisted_keys())
-        for key in keys:
-            image.set(key, *image.entry(state, key))
-        image.namespaces = state.namespaces_json()
-        return image
-
-    def snapshot(self) -> bytes:
-        """The whole file: built from the stored texts, nothing serialised again but the small lists."""
-        retired = [
-            {"netns": k[0], "name": k[1], "addresses": v}
-            for k, v in sorted(self.retired.items(), key=lambda kv: _sort(kv[0]))
-        ]
-        texts = (self.ifaces[k] for k in sorted(self.ifaces, key=_sort))
-        parts = [
-            '{"version":1,"interfaces":[',
-            ",".join(t if isinstance(t, str) else t.text() for t in texts),
-            '],"retired":', _dumps(retired), ',"namespaces":', _dumps(self.namespaces), "}\n",
-        ]
-        return "".join(parts).encode()
-
-    def record(self, state: Persistable, key: Key, names: Iterable[str] | None) -> str | None:
-        """The journal record of ``key``'s changes (the image takes them in); None: unchanged.
-        ``names``: the owners that may have changed (None: any)."""
-        retired = state.retired_json(key)
-        current = self.ifaces.get(key)
-        if isinstance(current, _Parts):
-            head = state.persisted_head(key)
-            if head is not None:
-                return self._update(state, key, current, _dumps(head), names, retired)
-        text, retired = self.entry(state, key)
-        if isinstance(text, _Parts):  # grew past SPLIT_OWNERS: written whole once, by parts from now on
-            whole = text.text()
-        elif text == current and retired == self.retired.get(key, []):
-            return None  # unchanged (an idempotent call)
-        else:
-            whole = text
-        self.set(key, text, retired)
-        return f'{{"key":{_dumps(list(key))},"iface":{whole or "null"},"retired":{_dumps(retired)}}}'
-
-    def _update(self, state: Persistable, key: Key, parts: _Parts, head: str, names: Iterable[str] | None,
-                retired: list[str]) -> str | None:
-        owners = state.persisted_owners(key, names)
-        changed: dict[str, str | None] = {}
-        for name, data in owners.items():
-            text = None if data is None else _dumps(data)
-            if parts.owners.get(name) != text:
-                changed[name] = text
-        if names is None:
-            changed.update(dict.fromkeys(parts.owners.keys() - owners.keys()))
-        if head == parts.head and not changed and retired == self.retired.get(key, []):
-            return None
-        parts.head = head
-        for name, text in changed.items():
-            if text is None:
-                parts.owners.pop(name, None)
-            else:
-                parts.owners[name] = text
-        self.set(key, parts, retired)
-        body = ",".join(f"{_dumps(n)}:{t or 'null'}" for n, t in changed.items())
-        return f'{{"update":{_dumps(list(key))},"head":{head},"owners":{{{body}}},"retired":{_dumps(retired)}}}'
 
 
 class _Append:
@@ -230,7 +98,7 @@ class StateStore:
         # interfaces changed since the last write, with the owners that may have (None: any)
         self._keys: dict[Key, set[str] | None] = {}
         self._full = False  # a full write was asked for
-        self._image: _Image | None = None  # the file's content when this store wrote it; None: unknown
+        self._image: Image | None = None  # the file's content when this store wrote it; None: unknown
         self._size: int | None = None  # the file's size after this store's last write
         self._snapshot_size = 0
         self._compact_due = False  # the file loaded has a journal: the next write compacts it
@@ -299,35 +167,8 @@ class StateStore:
         return _replay(data, records) if records else data
 
     def _know(self, data: dict, records: list[dict], size: int) -> None:
-        image = _Image()
         try:
-            for item in data.get("interfaces", ()):
-                image.set((item.get("netns"), item["name"]), _text(item), [])
-            for item in data.get("retired", ()):
-                if item.get("name") is not None and (key := (item.get("netns"), item["name"])) in image.ifaces:
-                    image.set(key, image.ifaces[key], sorted(item.get("addresses", ())))
-                elif item.get("name") is not None:
-                    image.retired[(item.get("netns"), item["name"])] = sorted(item.get("addresses", ()))
-            image.namespaces = list(data.get("namespaces", ()))
-            for record in records:
-                if "namespaces" in record:
-                    image.namespaces = list(record["namespaces"])
-                elif "update" in record:
-                    key = tuple(record["update"])
-                    parts = image.ifaces.get(key)
-                    if not isinstance(parts, _Parts):
-                        parts = _Parts.of(json.loads(parts) if parts else {})
-                    parts.head = _dumps(record["head"])
-                    for name, owner in record["owners"].items():
-                        if owner is None:
-                            parts.owners.pop(name, None)
-                        else:
-                            parts.owners[name] = _dumps(owner)
-                    image.set(key, parts, list(record.get("retired", [])))
-                else:
-                    iface = record.get("iface")
-                    image.set(tuple(record["key"]), None if iface is None else _text(iface),
-                              list(record.get("retired", [])))
+            image = known(data, records)
         except (TypeError, KeyError, AttributeError):  # a hand-written file of another shape
             return
         self._image, self._size, self._snapshot_size = image, size, size
@@ -411,11 +252,11 @@ class StateStore:
             payload = _dumps(source()).encode() + b"\n"
             return lambda: self._compact(payload)
         if full or self._image is None or self._size is None:
-            self._image = _Image.of(source)
+            self._image = Image.of(source)
             payload = self._image.snapshot()
             return lambda: self._compact(payload)
         image = self._image
-        records = [r for key in sorted(keys, key=_sort) if (r := image.record(source, key, keys[key])) is not None]
+        records = [r for key in sorted(keys, key=sort_key) if (r := image.record(source, key, keys[key])) is not None]
         namespaces = source.namespaces_json()
         if namespaces != image.namespaces:
             image.namespaces = namespaces
@@ -431,7 +272,7 @@ class StateStore:
 
         return _Append(lambda: self._append(journal, expected, image))
 
-    def _append(self, journal: bytes, expected: int, image: _Image) -> None:
+    def _append(self, journal: bytes, expected: int, image: Image) -> None:
         """Append records to the file this store last wrote, fsync; compact when it is not that file."""
         started = self._clock()
         try:
@@ -479,11 +320,6 @@ class StateStore:
             raise Failed(f"Cannot write state file {str(self.path)!r}: {exc.strerror}.") from None
         self.writes += 1
         self.bytes_written += len(payload)
-
-
-def _text(data: dict) -> str | _Parts:
-    """What the image keeps of an interface read from the file."""
-    return _Parts.of(data) if len(data.get("owners") or ()) >= SPLIT_OWNERS else _dumps(data)
 
 
 def _is_key(key: object) -> bool:
