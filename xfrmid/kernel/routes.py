@@ -22,7 +22,7 @@ from ..errors import Conflict, InvalidArgument, where
 from ..naming import check_ifname, check_u32
 from ..validate import family_of, parse_address, parse_network
 from . import nlattrs
-from .netlink import F_CREATE, F_REQ, RTMSG
+from .netlink import F_CREATE, F_REQ, RTMSG, attr, u32
 from . import link_msgs
 from .links import index_of, names_of
 from .nlerrors import code_of, translate
@@ -63,31 +63,31 @@ def describe(spec: RouteSpec) -> str:
     return text
 
 
-def _message(spec: RouteSpec, oif: int, adding: bool) -> rtmsg:
+_RTA_DST, _RTA_OIF, _RTA_PRIORITY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 6, 7, 15
+
+
+def _message(spec: RouteSpec, oif: int, adding: bool) -> bytes:
+    """The body of an RTM_NEWROUTE/RTM_DELROUTE for ``spec`` through ``oif``, as bytes
+    (pyroute2's encoder was a fifth of a hub connection's time, bench/README.md)."""
     net = ipaddress.ip_network(spec.dst)
-    msg = rtmsg()
-    msg["family"] = socket.AF_INET6 if net.version == 6 else socket.AF_INET
-    msg["dst_len"] = net.prefixlen
-    msg["table"] = spec.table if spec.table < 256 else 0  # RT_TABLE_UNSPEC + RTA_TABLE
-    msg["proto"] = XFRMID_PROTO
-    msg["scope"] = RT_SCOPE_LINK if adding else RT_SCOPE_NOWHERE
-    msg["type"] = RTN_UNICAST
-    attrs: list = [("RTA_TABLE", spec.table), ("RTA_OIF", oif)]
+    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    table = spec.table if spec.table < 256 else 0  # RT_TABLE_UNSPEC + RTA_TABLE
+    scope = RT_SCOPE_LINK if adding else RT_SCOPE_NOWHERE
+    body = [RTMSG.pack(family, net.prefixlen, 0, 0, table, XFRMID_PROTO, scope, RTN_UNICAST, 0),
+            u32(_RTA_TABLE, spec.table), u32(_RTA_OIF, oif)]
     if net.prefixlen:
-        attrs.append(("RTA_DST", str(net.network_address)))
+        body.append(attr(_RTA_DST, net.network_address.packed))
     if spec.src is not None:
-        attrs.append(("RTA_PREFSRC", spec.src))
+        body.append(attr(_RTA_PREFSRC, ipaddress.ip_address(spec.src).packed))
     # A removal without RTA_PRIORITY removes the lowest metric of that prefix,
     # which may be another owner's route: IPv6 names its default exactly.
     # IPv4's default 0 reads as "any" to the kernel: remove_route checks first.
-    metric = spec.metric if spec.metric is not None else DEFAULT_METRIC[msg["family"]]
+    metric = spec.metric if spec.metric is not None else DEFAULT_METRIC[family]
     if metric:
-        attrs.append(("RTA_PRIORITY", metric))
-    msg["attrs"] = attrs
-    return msg
+        body.append(u32(_RTA_PRIORITY, metric))
+    return b"".join(body)
 
 
-_RTA_DST, _RTA_OIF, _RTA_PRIORITY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 6, 7, 15
 _ROUTE_ATTRS = {
     family: {_RTA_DST: ip, _RTA_OIF: nlattrs.u32, _RTA_PRIORITY: nlattrs.u32, _RTA_PREFSRC: ip,
              _RTA_TABLE: nlattrs.u32}
@@ -154,7 +154,7 @@ async def add_route(conn, netns: str | None, spec: RouteSpec) -> None:
     oif = await index_of(conn, netns, spec.dev, what="Interface")
     doing = f"Adding {describe(spec)}{where(netns)}"
     try:
-        await conn.request(_message(spec, oif, adding=True), RTM_NEWROUTE, F_CREATE)
+        await conn.transact(RTM_NEWROUTE, _message(spec, oif, adding=True), F_CREATE)
     except NetlinkError as exc:
         code = code_of(exc)
         if code == 17:  # EEXIST
@@ -180,15 +180,14 @@ async def remove_route(conn, netns: str | None, spec: RouteSpec, *, sole: bool =
     if dev is None:
         return  # the kernel removed the route together with its device
     oif = link_msgs.index(dev)
-    message = _message(spec, oif, adding=False)
-    if message["family"] == socket.AF_INET and spec.metric is None and not sole:
+    if ipaddress.ip_network(spec.dst).version == 4 and spec.metric is None and not sole:
         # IPv4 reads metric 0 as "any metric": if ours is gone, the kernel would
         # remove our route to the same prefix with the next metric instead (with
         # ``sole`` any such route is an unwanted one of ours: no read of them all first).
         if spec not in await own_routes(conn, netns, spec.dev, oif):
             return
     try:
-        await conn.request(message, RTM_DELROUTE, F_REQ)
+        await conn.transact(RTM_DELROUTE, _message(spec, oif, adding=False), F_REQ)
     except NetlinkError as exc:
         if code_of(exc) in (3, 2, 19):  # ESRCH/ENOENT/ENODEV: not there
             return
