@@ -18,14 +18,15 @@ LIBRESWAN_BUILD_DEPS := bison flex make libnss3-dev libnss3-tools libnspr4-dev l
 # through an initramfs it builds around a static busybox; without one it stops at once.
 # network-manager: xfrmid beside it and its VPN plugin (tests/kernel/test_networkmanager.py),
 # with libfaketime slowing its clock there: it gives a plugin 5 s to start, too few under emulation.
+# python3-venv, python3-dev: the benchmarks' venv on the distribution's interpreter (make bench).
 APT_PACKAGES := linux-image-amd64 qemu-system-x86 iproute2 iputils-ping kmod \
 	dbus dbus-bin libsystemd-dev pkg-config gcc \
 	systemd systemd-container util-linux man-db groff-base mandoc rpm rpmlint libreswan busybox-static \
-	network-manager libfaketime \
+	network-manager libfaketime python3-venv python3-dev \
 	$(LIBRESWAN_BUILD_DEPS)
 REPORTS := build/reports
 
-.PHONY: all deps venv venv-floor libreswan test test-host test-kernel test-floor test-crash test-restart test-service-unit test-network-managers demo clean help bench
+.PHONY: all deps venv venv-floor venv-bench libreswan test test-host test-kernel test-floor test-crash test-restart test-service-unit test-network-managers demo clean help bench
 
 all: help
 
@@ -58,6 +59,23 @@ $(VENV_FLOOR)/.stamp: pyproject.toml $(FLOORS)
 	touch $@
 
 venv-floor: deps $(VENV_FLOOR)/.stamp
+
+# The benchmarks' venv: the daemon runs on the distribution's interpreter, as an
+# installed package does (the development venv's may be a slower build: pyenv's
+# default lacks the distribution's optimisations), with xfrmid's dependencies but
+# not xfrmid, which the bench imports from the checkout. bench/README.md.
+BENCH_PYTHON ?= /usr/bin/python3
+VENV_BENCH := .venv-bench
+$(VENV_BENCH)/.stamp: pyproject.toml
+	$(BENCH_PYTHON) -m venv --clear $(VENV_BENCH)
+	$(VENV_BENCH)/bin/python -m pip install -q --upgrade pip
+	$(VENV_BENCH)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print(*p["dependencies"], *p["optional-dependencies"]["test"], *p["optional-dependencies"]["bench"], sep="\n")' \
+		> $(VENV_BENCH)/requirements.txt
+	$(VENV_BENCH)/bin/python -m pip install -q -r $(VENV_BENCH)/requirements.txt
+	touch $@
+
+venv-bench: deps $(VENV_BENCH)/.stamp
 
 # The newest versions pip gives (.venv), then the floors (.venv-floor).
 test: venv venv-floor
@@ -134,10 +152,10 @@ BENCH_SCALE ?= 10000
 # BENCH_ARGS passes more (e.g. BENCH_ARGS="--profile build/reports/profile --deadline 900").
 # The host's load goes to bench-host.txt: the VM is emulated, its speed is the host's.
 BENCH_ARGS ?=
-bench: venv
+bench: venv venv-bench
 	@mkdir -p $(REPORTS)
 	@echo "before: $$(date -u '+%F %T UTC') $$(uptime)" > $(REPORTS)/bench-host.txt
-	XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-7200} XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-4G} \
+	XFRMID_VM_VENV=$${XFRMID_VM_VENV:-$(VENV_BENCH)} XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-7200} XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-4G} \
 		tests/vm/run python -m bench.run --n $(BENCH_N) --scale $(BENCH_SCALE) --out $(REPORTS)/bench.json $(BENCH_ARGS)
 	@echo "after:  $$(date -u '+%F %T UTC') $$(uptime)" >> $(REPORTS)/bench-host.txt
 
@@ -145,4 +163,4 @@ demo: venv
 	tests/vm/run examples/demo.sh
 
 clean:
-	rm -rf build $(VENV) $(VENV_FLOOR) *.egg-info
+	rm -rf build $(VENV) $(VENV_FLOOR) $(VENV_BENCH) *.egg-info

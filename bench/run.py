@@ -272,7 +272,8 @@ def meta(args, started: float, load_before: tuple[float, ...]) -> dict:
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "commit": _commit(),
             "args": {k: v for k, v in vars(args).items() if k != "out"}, "seconds": round(time.monotonic() - started, 1),
             "guest_loadavg_before": load_before, "guest_loadavg_after": os.getloadavg(),
-            "guest_cpus": os.cpu_count(), "kernel": os.uname().release}
+            "guest_cpus": os.cpu_count(), "kernel": os.uname().release,
+            "python": f"{sys.version.split()[0]} {os.path.realpath(sys.executable)}"}
 
 
 def main(argv: list[str] | None = None) -> int:

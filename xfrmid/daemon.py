@@ -20,6 +20,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from . import __version__
 from .errors import XfrmidError
 from .notify import Notifier
 from .settings import DEFAULT_CONFIG_PATH, Settings
@@ -228,6 +229,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_on_signal()))
         self.notifier.ready(self._status())
         gc.enable()  # disabled by main() for the start-up
+        log.info("ready: xfrmid %s", full_version())
         self.notifier.start_watchdog()
         lost = loop.create_task(bus.wait_for_disconnect())
         stop = loop.create_task(self._stop.wait())
@@ -274,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         except XfrmidError as exc:
             print(f"xfrmid: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        log.info("xfrmid %s starting (config %s, bus %s)", full_version(), args.config, args.bus)
+        # the libraries' versions (their metadata, a slow import) are logged once ready
+        log.info("xfrmid %s starting (config %s, bus %s)", __version__, args.config, args.bus)
         # No cyclic garbage collection until READY=1: the start-up allocates an object
         # per kernel object and per promise (millions for 10,000 interfaces), which
         # made the collector walk the growing heap again and again (~10 % of the time).

@@ -40,7 +40,6 @@ when the kernel layer is opened, before its first pyroute2 import.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
@@ -61,8 +60,10 @@ _MARK = "__xfrmid_lazy__"
 _DEFERRED_UNDER = "pyroute2.netlink.rtnl.tcmsg."
 
 
-class _DeferredFinder(importlib.abc.MetaPathFinder):
-    """Finds the deferred modules as PathFinder does, with a LazyLoader around their loader."""
+class _DeferredFinder:
+    """Finds the deferred modules as PathFinder does, with a LazyLoader around their loader.
+    (A meta path finder needs only ``find_spec``; importlib.abc's base class would import
+    importlib.resources and pathlib's dependencies at start-up.)"""
 
     def find_spec(self, name, path, target=None):
         if not name.startswith(_DEFERRED_UNDER):

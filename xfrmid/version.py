@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.metadata
 
 from . import __version__
 
@@ -19,6 +18,8 @@ DEPENDENCIES = ("pyroute2", "dbus-fast")
 
 
 def dependency_version(name: str) -> str:
+    import importlib.metadata  # here: its import is slow, and the daemon asks only once ready
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
