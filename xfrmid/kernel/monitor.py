@@ -57,9 +57,11 @@ GROUPS = (
     | RTMGRP_IPV4_RULE
     | RTMGRP_IPV6_RULE
 )
-# Room for ~3,000 link notifications while the loop is busy elsewhere; the
-# memory is the kernel's and only used during a burst.
-DEFAULT_RCVBUF = 8 * 1024 * 1024
+# Room for ~48,000 link notifications (~2.7 KB each) while the loop is busy
+# elsewhere: a bulk delete of 5,000 links sends two each inside one request,
+# before the daemon can read any. systemd-networkd's rtnetlink socket asks for
+# the same 128 MB. The memory is the kernel's and only used during a burst.
+DEFAULT_RCVBUF = 128 * 1024 * 1024
 NS_POLL_INTERVAL = 2.0
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
