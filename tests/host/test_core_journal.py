@@ -161,6 +161,22 @@ def test_bad_record_before_the_end_keeps_the_prefix(tmp_path, caplog):
     assert store.path.exists()  # kept: it is still the state
 
 
+@pytest.mark.parametrize("bad", ["{}, {}", "[]", "1 2"])
+def test_a_line_holding_other_than_one_record_is_bad(tmp_path, caplog, bad):
+    """The journal is decoded in one call when whole; a line that is not exactly one record
+    still stops it there, as line by line."""
+    store = StateStore.in_dir(tmp_path)
+    store.write(DesiredState().to_json())
+    good = {"key": [None, "ipsec8"], "iface": DesiredInterface(netns=None, name="ipsec8", if_id=8).to_json(),
+            "retired": []}
+    with open(store.path, "a") as f:
+        f.write(json.dumps(good) + "\n" + bad + "\n" + json.dumps(good) + "\n")
+    with caplog.at_level(logging.ERROR, logger="xfrmid.core"):
+        loaded = store.load()
+    assert [i["name"] for i in loaded["interfaces"]] == ["ipsec8"]
+    assert "bad journal record" in caplog.text
+
+
 def test_old_indented_file_and_plain_snapshot_load(tmp_path):
     state = DesiredState()
     state.put(DesiredInterface(netns="blue", name="ipsec10", if_id=10,
