@@ -146,6 +146,24 @@ async def test_received_datagrams_reach_the_monitors_enqueue():
         what="its enqueue takes", file="xfrmid/kernel/monitor.py")
 
 
+async def test_the_monitor_reads_whether_or_not_the_transport_can_pause():
+    """Python 3.11.2's datagram transport cannot pause its reading (3.11.7's can): the monitor keeps pyroute2's."""
+    ipr = monitor._EventSocket(fileno=netlink_fd(), groups=RTMGRP_LINK)
+    try:
+        await ipr.bind(groups=RTMGRP_LINK)
+        transport = getattr(ipr.local, "transport", None)
+        try:
+            transport.pause_reading()
+            transport.resume_reading()
+            can_pause = True
+        except (AttributeError, NotImplementedError):  # no transport, or one that cannot pause
+            can_pause = False
+        monitor.NetnsMonitor(None, lambda event: None)._read_in_batches(ipr)
+        assert (ipr.reader is not None) == can_pause
+    finally:
+        monitor._close(ipr)
+
+
 def test_the_xfrm_link_kind_extends_pyroute2s_own():
     names = [entry[0] for entry in pyroute2_xfrm.nla_map]
     assert names == ["IFLA_XFRM_UNSPEC", "IFLA_XFRM_LINK", "IFLA_XFRM_IF_ID"], REVIEW.format(

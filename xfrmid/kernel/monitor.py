@@ -234,9 +234,12 @@ class NetnsMonitor:
         transport = getattr(ipr.local, "transport", None)
         if transport is None or not hasattr(transport, "pause_reading"):
             return  # keep pyroute2's own reading: slower, equally correct
+        try:
+            transport.pause_reading()
+        except NotImplementedError:  # datagram transports cannot pause before Python 3.11.7 or so (3.11.2 cannot)
+            return
         dup = socket.socket(fileno=os.dup(ipr.socket.fileno()))
         dup.setblocking(False)
-        transport.pause_reading()
         asyncio.get_running_loop().add_reader(dup.fileno(), self._drain, ipr, dup)
         ipr.reader = dup
 
