@@ -14,6 +14,7 @@ import ast
 import asyncio
 import importlib.util
 import inspect
+import selectors
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,7 @@ from xfrmid.kernel.namespace import netlink_fd  # noqa: E402
 from xfrmid.kernel.netlink import RTM_GETLINK, RTM_NEWLINK, ifinfo, link_attrs  # noqa: E402
 
 REVIEW = "pyroute2 changed what {what}: review {file}"
+LOOP_REVIEW = "asyncio's selector loop changed _remove_reader: review xfrmid/kernel/monitor.py"
 
 
 def _package_init() -> Path:
@@ -146,22 +148,28 @@ async def test_received_datagrams_reach_the_monitors_enqueue():
         what="its enqueue takes", file="xfrmid/kernel/monitor.py")
 
 
-async def test_the_monitor_reads_whether_or_not_the_transport_can_pause():
-    """Python 3.11.2's datagram transport cannot pause its reading (3.11.7's can): the monitor keeps pyroute2's."""
+@pytest.mark.parametrize("can_pause", [True, False])
+async def test_the_monitor_reads_in_batches_whether_or_not_the_transport_can_pause(can_pause):
+    """Python 3.11.2's datagram transport cannot pause its reading (3.11.7's can): the monitor then
+    stops the transport's reader with the loop's private _remove_reader, and reads in batches either way."""
     ipr = monitor._EventSocket(fileno=netlink_fd(), groups=RTMGRP_LINK)
     try:
         await ipr.bind(groups=RTMGRP_LINK)
-        transport = getattr(ipr.local, "transport", None)
-        try:
-            transport.pause_reading()
-            transport.resume_reading()
-            can_pause = True
-        except (AttributeError, NotImplementedError):  # no transport, or one that cannot pause
-            can_pause = False
+        transport = ipr.local.transport
+        if not can_pause:
+            transport.pause_reading = _cannot_pause
+        loop = asyncio.get_running_loop()
+        assert hasattr(loop, "_remove_reader"), LOOP_REVIEW
         monitor.NetnsMonitor(None, lambda event: None)._read_in_batches(ipr)
-        assert (ipr.reader is not None) == can_pause
+        assert ipr.reader is not None
+        key = loop._selector.get_map().get(ipr.socket.fileno())
+        assert key is None or not key.events & selectors.EVENT_READ, LOOP_REVIEW
     finally:
         monitor._close(ipr)
+
+
+def _cannot_pause() -> None:
+    raise NotImplementedError  # asyncio.ReadTransport's, what 3.11.2's datagram transport inherits
 
 
 def test_the_xfrm_link_kind_extends_pyroute2s_own():

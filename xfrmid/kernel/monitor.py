@@ -230,14 +230,22 @@ class NetnsMonitor:
         the socket ourselves until it is empty is several times cheaper.
         asyncio refuses a second reader on a transport's descriptor, so ours
         watches a duplicate of it (same socket), closed with the monitor socket.
+        Uses the event loop's private ``_remove_reader`` where the transport cannot
+        pause (tests/host/test_dependency_guards.py names this file).
         """
         transport = getattr(ipr.local, "transport", None)
         if transport is None or not hasattr(transport, "pause_reading"):
             return  # keep pyroute2's own reading: slower, equally correct
         try:
             transport.pause_reading()
-        except NotImplementedError:  # datagram transports cannot pause before Python 3.11.7 or so (3.11.2 cannot)
-            return
+        except NotImplementedError:
+            # A datagram transport of Python 3.11.2 (Debian 12's) cannot pause: stop its
+            # reader as later versions' pause_reading does (the loop's private
+            # _remove_reader: its public one refuses a transport's descriptor).
+            remove = getattr(asyncio.get_running_loop(), "_remove_reader", None)
+            if remove is None:
+                return  # keep pyroute2's own reading: slower, equally correct
+            remove(ipr.socket.fileno())
         dup = socket.socket(fileno=os.dup(ipr.socket.fileno()))
         dup.setblocking(False)
         asyncio.get_running_loop().add_reader(dup.fileno(), self._drain, ipr, dup)
