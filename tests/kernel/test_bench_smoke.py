@@ -30,7 +30,7 @@ def test_bench_smoke_writes_every_row(tmp_path, capsys):
         assert {"name", "xfrmid", "baseline", "ratio", "n"} <= set(r), r
         assert r["n"] == (HUB if r["name"] in ("hub", "startup_hub", "hub_detach") else 12)
         if r["name"] == "memory":
-            assert 5 < r["rss_mb"] < 1000
+            assert 5 < r["rss_mb"] < 1000 and 5 < r["empty_rss_mb"] < 1000 and r["baseline"] == r["empty_rss_mb"]
         elif r["name"] == "event_storm":
             assert r["baseline"] > 0 and r["max_get_s"] is not None
         else:
@@ -56,6 +56,11 @@ def test_bench_smoke_writes_every_row(tmp_path, capsys):
     assert by["create"]["kernel_floor_s"] > 0 and by["delete"]["kernel_bulk_s"] > 0
     assert by["create"]["daemon_resyncs"] == 0 and by["delete"]["daemon_resyncs"] == 0  # 12 links: no overrun
     assert by["create"]["completed"] == by["delete"]["completed"] == 12
+    # memory: per interface above the same daemon started with none; 12 interfaces are judged on the RSS
+    mem = by["memory"]
+    assert abs(mem["kb_per_interface"] - (mem["rss_mb"] - mem["empty_rss_mb"]) * 1024 / 12) < 0.1 * 1024 / 12
+    assert mem["judged_on"] == "rss_mb" and mem["target"] == mem["rss_target_mb"] == 100
+    assert mem["kb_per_interface_target"] == 5 and mem["ok"] == (mem["rss_mb"] <= 100)
     assert by["event_storm"]["repaired"] and by["event_storm"]["foreign_xfrm"]["repaired"], by["event_storm"]
     meta = json.loads((tmp_path / "bench-meta.json").read_text())
     assert meta["args"]["n"] == 12 and meta["kernel"]
