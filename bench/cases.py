@@ -49,13 +49,14 @@ def names(n: int) -> list[str]:
     return [f"ipsec{i}" for i in range(1, n + 1)]
 
 
-def link_lines(n: int, *, marked: bool = True) -> list[str]:
+def link_lines(n: int, *, marked: bool = True, first: int = 1) -> list[str]:
     """The links xfrmid makes, in the two requests it makes: create with the group, then alias + up.
 
     ``marked=False``: the bare create alone (one RTM_NEWLINK per link), the kernel's floor.
+    ``first``: the links first..n only.
     """
     lines = []
-    for i in range(1, n + 1):
+    for i in range(first, n + 1):
         if marked:
             lines.append(f"link add name ipsec{i} group 120 type xfrm if_id {i}")
             lines.append(f"link set dev ipsec{i} alias xfrmid up")
@@ -97,7 +98,8 @@ SETTLE_S = 2.0  # > the watcher's MAX_DELAY: its repairs after the create are do
 
 async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, deadline: float,
                         window: int = WINDOW, single: bool = False,
-                        resyncs: Callable[[], int] = lambda: 0) -> list[dict]:
+                        resyncs: Callable[[], int] = lambda: 0,
+                        progress: Callable[[str], None] = lambda _: None) -> list[dict]:
     """create and delete: n interfaces through the API vs ip -batch of the same links.
 
     ``single``: one CreateInterface/DeleteInterface call per interface, ``window`` in
@@ -108,6 +110,7 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
     ``resyncs``: how often the daemon has resynchronised so far (its log), for each row's
     ``daemon_resyncs``: an overrun of its monitor during that operation.
     """
+    progress(f"ip -batch baselines: create and delete {n} links, bare link add, group delete")
     base_create = ip_batch(base_ns, link_lines(n))
     base_delete = ip_batch(base_ns, [f"link del dev {name}" for name in names(n)])
     # the kernel's floor: one bare RTM_NEWLINK per link (xfrmid needs two: markers, then up)
@@ -119,6 +122,7 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
         raise RuntimeError(f"link del group 121 left {xfrm_count(base_ns)} links in {base_ns}")
     # what the bus alone costs: n Properties.Get through the same pipeline (no kernel work)
     bus_floor, _ = await pipelined([lambda: get_version(client) for _ in range(n)], 0, window)
+    progress(f"ip -batch create {base_create:.1f}s, delete {base_delete:.1f}s; xfrmid creating {n}")
     if single:
         took_create, created = await pipelined(
             [lambda nm=nm: client.create_interface(nm) for nm in names(n)], deadline, window)
@@ -130,6 +134,7 @@ async def create_delete(client: Client, xfrmid_ns: str, base_ns: str, n: int, de
     resyncs_created = resyncs()
     if xfrm_count(xfrmid_ns) != created:
         raise RuntimeError(f"create left {xfrm_count(xfrmid_ns)} links in the kernel after {created} calls")
+    progress(f"created {created} in {took_create:.1f}s ({resyncs_created} resyncs); deleting")
     if single:
         took_delete, deleted = await pipelined(
             [lambda nm=nm: client.delete_interface(nm) for nm in names(created)], deadline, window)
@@ -176,14 +181,30 @@ def scale_state(n: int) -> dict:
     return state.to_json()
 
 
-def prepare_scale(netns: str, state_dir: Path, n: int) -> float:
-    """Put n managed interfaces in the kernel (ip -batch) and in the state file; seconds spent."""
-    lines = link_lines(n)
-    for i in range(1, n + 1):
-        lines.append(f"address add {ADDRESS_BASE + i}/32 dev ipsec{i}")
-        lines.append(f"route add {ROUTE_BASE + i}/32 dev ipsec{i} proto 120")
-    took = ip_batch(netns, lines)
+PREPARE_CHUNK = 1000  # interfaces per ip -batch: a progress line each, the kernel's work unchanged
+
+
+def prepare_scale(netns: str, state_dir: Path, n: int, progress: Callable[[str], None] = lambda _: None) -> float:
+    """Put n managed interfaces in the kernel (ip -batch) and in the state file; ip -batch's seconds.
+
+    The interfaces go in batches of PREPARE_CHUNK (their links, then addresses, then
+    routes), so ``progress`` can say how far a preparation of hours has come; one batch
+    of all took as long (A/B in the VM, 3,000 interfaces).
+    """
+    took = 0.0
+    for first in range(1, n + 1, PREPARE_CHUNK):
+        last = min(n, first + PREPARE_CHUNK - 1)
+        span = range(first, last + 1)
+        lines = (link_lines(last, first=first) + [f"address add {ADDRESS_BASE + i}/32 dev ipsec{i}" for i in span]
+                 + [f"route add {ROUTE_BASE + i}/32 dev ipsec{i} proto 120" for i in span])
+        chunk = ip_batch(netns, lines)
+        took += chunk
+        if n > PREPARE_CHUNK:
+            progress(f"prepared {last} of {n} interfaces in {took:.0f}s "
+                     f"({chunk / (last - first + 1) * 1000:.1f}s per 1,000 in the last batch)")
+    start = time.perf_counter()
     StateStore.in_dir(state_dir).write(scale_state(n))
+    progress(f"state file of {n} interfaces written in {time.perf_counter() - start:.1f}s")
     return took
 
 
@@ -342,7 +363,8 @@ async def _storm(client: Client, netns: str, victim: str, lines: list[str], wait
             "max_get_s": _r(worst), "median_get_s": _r(median(gets)) if gets else None, "gets": len(gets)}
 
 
-async def event_storm(client: Client, netns: str, n: int, events: int, wait: float = 60.0) -> dict:
+async def event_storm(client: Client, netns: str, n: int, events: int, wait: float = 60.0,
+                      progress: Callable[[str], None] = lambda _: None) -> dict:
     """``events`` foreign link events in one burst while a managed link drifts (set down).
 
     The row: MTU flips on a foreign veth (a storm of foreign events: the daemon's kernel
@@ -357,8 +379,11 @@ async def event_storm(client: Client, netns: str, n: int, events: int, wait: flo
     subprocess.run(["ip", "-n", netns, "link", "add", "benchxf", "type", "xfrm", "if_id", str(n + 100_000)],
                    check=True)
     try:
+        progress(f"storm of {events} MTU flips on a foreign veth")
         veth = await _storm(client, netns, f"ipsec{n}", [f"link set dev benchfx mtu {1400 + (i % 2) * 100}"
                                                          for i in range(events)], wait)
+        progress(f"burst {veth['burst_s']:.0f}s, consistent after {veth['consistent_s']}s; "
+                 f"storm of {events} MTU flips on a foreign xfrm link")
         xfrm = await _storm(client, netns, f"ipsec{max(1, n - 1)}", [f"link set dev benchxf mtu {1400 + i % 2}"
                                                                    for i in range(events)], wait)
     finally:

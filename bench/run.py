@@ -25,7 +25,7 @@ from xfrmid.client import Client
 
 from . import cases, hub
 from .kernel_reads import child_times
-from .harness import TOP, netns_add, netns_del, start_bus, start_daemon
+from .harness import TOP, ip_batch, netns_add, netns_del, start_bus, start_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
         return cases.memory_row(daemon, args.scale, empty_rss, per_interface)
 
     log(f"preparing {args.scale} managed interfaces (ip -batch and a state file)")
-    took = cases.prepare_scale(netns, state_dir, args.scale)
+    took = cases.prepare_scale(netns, state_dir, args.scale, progress=log)
     log(f"prepared in {took:.1f}s; baselines")
     listing, reads = _baselines(netns)
     daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "scale"))
@@ -132,7 +132,7 @@ def _scale_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: 
             save(rows, out)
             log(f"memory: {rows[-1]['rss_mb']} MB, {rows[-1]['kb_per_interface']} KB per interface above "
                 f"the empty daemon's {rows[-1]['empty_rss_mb']} MB; event storm")
-            rows.append(await cases.event_storm(client, netns, args.scale, args.scale, args.storm_wait))
+            rows.append(await cases.event_storm(client, netns, args.scale, args.scale, args.storm_wait, progress=log))
             save(rows, out)
 
         asyncio.run(_with_client(bus.address, rest))
@@ -198,13 +198,22 @@ def _create_delete_phase(args, bus, api_ns: str, base_ns: str, state_dir: Path, 
         # the daemon's monitor overran (a full reconcile followed): worth knowing per row
         rows.extend(asyncio.run(_with_client(
             bus.address, lambda c: cases.create_delete(c, api_ns, base_ns, args.n, args.deadline, args.window,
-                                                       args.single_calls, lambda: daemon.count("resynchronising")))))
+                                                       args.single_calls, lambda: daemon.count("resynchronising"),
+                                                       progress=log))))
         save(rows, out)
     except Exception:
         _tail_on_error(daemon)
         raise
     finally:
         _stop(daemon, "create/delete")
+
+
+def _clear(netns: str, n: int) -> None:
+    """Delete the scale phase's links before their namespace, so the rows that follow do not run
+    beside the kernel tearing them down (a namespace's deletion does that later, holding the RTNL)."""
+    log(f"deleting the {n} interfaces (one link del group)")
+    took = ip_batch(netns, ["link del group 120"], force=True)
+    log(f"deleted in {took:.1f}s")
 
 
 def run(args) -> list[dict]:
@@ -221,6 +230,7 @@ def run(args) -> list[dict]:
         only = set((args.only or "scale,create,hub").split(","))
         if "scale" in only:
             _scale_phase(args, bus, namespaces[0], work / "scale-state", rows, out)
+            _clear(namespaces[0], args.scale)
         netns_del(namespaces[0])
         if not args.startup_only and "create" in only:
             _create_delete_phase(args, bus, namespaces[1], namespaces[2], work / "api-state", rows, out)
