@@ -147,6 +147,9 @@ test-network-managers: venv
 
 # The benchmarks beside their baselines in one VM (bench/README.md); build/reports/bench.json.
 # BENCH_N / BENCH_SCALE shrink them (e.g. make bench BENCH_N=20 BENCH_SCALE=20).
+# make bench-scale's own defaults, unless BENCH_N / BENCH_SCALE are given.
+BENCH_SCALE_N := $(or $(BENCH_N),5000)
+BENCH_SCALE_SCALE := $(or $(BENCH_SCALE),50000)
 BENCH_N ?= 1000
 BENCH_SCALE ?= 10000
 # BENCH_ARGS passes more (e.g. BENCH_ARGS="--profile build/reports/profile --deadline 900").
@@ -158,6 +161,19 @@ bench: venv venv-bench
 	XFRMID_VM_VENV=$${XFRMID_VM_VENV:-$(VENV_BENCH)} XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-7200} XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-4G} \
 		tests/vm/run python -m bench.run --n $(BENCH_N) --scale $(BENCH_SCALE) --out $(REPORTS)/bench.json $(BENCH_ARGS)
 	@echo "after:  $$(date -u '+%F %T UTC') $$(uptime)" >> $(REPORTS)/bench-host.txt
+
+# The scale run (bench/README.md): startup, latency, event storm and memory with
+# 50,000 interfaces, create and delete of 5,000 in one call each; no hub rows.
+# Several hours in the emulated VM: build/reports/bench-scale.json, -meta.json, -host.txt.
+.PHONY: bench-scale
+bench-scale: venv
+	@mkdir -p $(REPORTS)
+	@echo "before: $$(date -u '+%F %T UTC') $$(uptime)" > $(REPORTS)/bench-scale-host.txt
+	XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench-scale} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-43200} \
+		XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-8G} tests/vm/run python -m bench.run --only scale,create \
+		--n $(BENCH_SCALE_N) --scale $(BENCH_SCALE_SCALE) --memory-target per-interface \
+		--out $(REPORTS)/bench-scale.json $(BENCH_ARGS)
+	@echo "after:  $$(date -u '+%F %T UTC') $$(uptime)" >> $(REPORTS)/bench-scale-host.txt
 
 demo: venv
 	tests/vm/run examples/demo.sh
