@@ -166,11 +166,11 @@ bench: venv venv-bench
 # 50,000 interfaces, create and delete of 5,000 in one call each; no hub rows.
 # Several hours in the emulated VM: build/reports/bench-scale.json, -meta.json, -host.txt.
 .PHONY: bench-scale
-bench-scale: venv
+bench-scale: venv venv-bench
 	@mkdir -p $(REPORTS)
 	@echo "before: $$(date -u '+%F %T UTC') $$(uptime)" > $(REPORTS)/bench-scale-host.txt
-	XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench-scale} XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-43200} \
-		XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-8G} tests/vm/run python -m bench.run --only scale,create \
+	XFRMID_VM_VENV=$${XFRMID_VM_VENV:-$(VENV_BENCH)} XFRMID_VM_DIR=$${XFRMID_VM_DIR:-build/vm-bench-scale} \
+		XFRMID_VM_TIMEOUT=$${XFRMID_VM_TIMEOUT:-43200} XFRMID_VM_MEMORY=$${XFRMID_VM_MEMORY:-8G} tests/vm/run python -m bench.run --only scale,create \
 		--n $(BENCH_SCALE_N) --scale $(BENCH_SCALE_SCALE) --memory-target per-interface \
 		--out $(REPORTS)/bench-scale.json $(BENCH_ARGS)
 	@echo "after:  $$(date -u '+%F %T UTC') $$(uptime)" >> $(REPORTS)/bench-scale-host.txt
