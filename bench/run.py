@@ -148,6 +148,10 @@ def _empty_rss(args, bus, netns: str, state_dir: Path) -> float:
     log("the daemon with no interfaces (the memory row's floor)")
     daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout)
     try:
+        # after what the daemon does once ready (it logs the libraries' versions), as the measured one has
+        deadline = time.monotonic() + 60
+        while daemon.output is not None and daemon.output.when(" ready: ") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
         return daemon.rss_mb()[0]
     finally:
         _stop(daemon, "with no interfaces")
