@@ -18,7 +18,8 @@ one gets one for the duration of a call only.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..kernel.objects import RouteSpec, RuleSpec
 from ..naming import output_mark
@@ -132,18 +133,8 @@ class Holdings:
             self.owners = with_item(self.owners, name)
         elif new is None and old is not None:
             self.owners = without_item(self.owners, name)
-        before, after = (old.addresses if old else _NONE), (new.addresses if new else _NONE)
-        if before is not after:
-            for cidr in before - after:
-                self._address(cidr, -1)
-            for cidr in after - before:
-                self._address(cidr, +1)
-        before, after = (old.routes if old else _NONE), (new.routes if new else _NONE)
-        if before is not after:
-            for request in before - after:
-                self._request(request, -1)
-            for request in after - before:
-                self._request(request, +1)
+        _count(old.addresses if old else _NONE, new.addresses if new else _NONE, self._address)
+        _count(old.routes if old else _NONE, new.routes if new else _NONE, self._request)
 
     def _address(self, cidr: str, step: int) -> None:
         count = self.addresses[cidr] + step
@@ -169,3 +160,12 @@ class Holdings:
                 self.expansion.add(request, self.delta)
             else:
                 self.expansion.remove(request, self.delta)
+
+
+def _count(before: frozenset, after: frozenset, step: Callable[[Any, int], None]) -> None:
+    """``step`` each item ``after`` lost (-1) or gained (+1) against ``before`` (the same set: none)."""
+    if before is not after:
+        for item in before - after:
+            step(item, -1)
+        for item in after - before:
+            step(item, +1)
