@@ -94,6 +94,20 @@ async def test_restart_reads_the_journal_and_compacts(kernel, settings):
     await m2.stop()
 
 
+async def test_after_the_start_compacted_a_journal_the_next_call_appends(kernel, settings):
+    m1 = Manager(kernel, settings)
+    await m1.start()
+    await m1.attach("ipsec5", "a")
+    await m1.attach("ipsec5", "b")
+    await m1.stop()
+    m2 = Manager(kernel, settings)
+    await m2.start()
+    assert len(lines(m2.store)) == 1  # the start compacted the journal
+    await m2.attach("ipsec5", "c")
+    assert len(lines(m2.store)) == 2  # one record appended, not a second snapshot
+    await m2.stop()
+
+
 async def test_restart_of_a_compact_file_writes_nothing_and_then_appends(kernel, settings):
     """The start knows what the file it read says: nothing is encoded or written again
     (10,000 interfaces at scale), and the next call appends to that file."""

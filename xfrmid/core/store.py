@@ -147,11 +147,10 @@ class StateStore:
         elif not records and (not text or text.endswith("\n")):
             # A clean snapshot alone: the store knows what the file says, so the first
             # write appends its records instead of encoding every interface again.
-            # After a journal the first write compacts from the live state anyway:
-            # knowing the file would only move that work into the start-up.
-            self._know(data, records, len(text.encode()))
-        else:
-            self._compact_due = bool(records)
+            # After a journal the store does not know the file, so its first write
+            # compacts from the live state (knowing it would only move that work into
+            # the start-up).
+            self._know(data, len(text.encode()))
         return _replay(data, records) if records else data
 
     def _careful_journal(self, text: str, journal: str) -> list[dict]:
@@ -177,13 +176,12 @@ class StateStore:
             records.append(record)
         return records
 
-    def _know(self, data: dict, records: list[dict], size: int) -> None:
+    def _know(self, data: dict, size: int) -> None:
         try:
-            image = known(data, records)
+            image = known(data)
         except (TypeError, KeyError, AttributeError):  # a hand-written file of another shape
             return
         self._image, self._size, self._snapshot_size = image, size, size
-        self._compact_due = bool(records)
 
     def _corrupt(self, what: str) -> None:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")

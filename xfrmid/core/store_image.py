@@ -157,8 +157,8 @@ def text_of(data: dict) -> str | Parts:
     return Parts.of(data) if len(data.get("owners") or ()) >= SPLIT_OWNERS else dumps(data)
 
 
-def known(data: dict, records: list[dict]) -> Image:
-    """The image of a loaded file: its snapshot (``data``) with the journal ``records`` applied.
+def known(data: dict) -> Image:
+    """The image of a loaded file that is a snapshot alone (``data``).
     Raises TypeError, KeyError or AttributeError for a hand-written file of another shape."""
     image = Image()
     for item in data.get("interfaces", ()):
@@ -169,23 +169,4 @@ def known(data: dict, records: list[dict]) -> Image:
         elif item.get("name") is not None:
             image.retired[(item.get("netns"), item["name"])] = sorted(item.get("addresses", ()))
     image.namespaces = list(data.get("namespaces", ()))
-    for record in records:
-        if "namespaces" in record:
-            image.namespaces = list(record["namespaces"])
-        elif "update" in record:
-            key = tuple(record["update"])
-            parts = image.ifaces.get(key)
-            if not isinstance(parts, Parts):
-                parts = Parts.of(json.loads(parts) if parts else {})
-            parts.head = dumps(record["head"])
-            for name, owner in record["owners"].items():
-                if owner is None:
-                    parts.owners.pop(name, None)
-                else:
-                    parts.owners[name] = dumps(owner)
-            image.set(key, parts, list(record.get("retired", [])))
-        else:
-            iface = record.get("iface")
-            image.set(tuple(record["key"]), None if iface is None else text_of(iface),
-                      list(record.get("retired", [])))
     return image
