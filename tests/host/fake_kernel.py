@@ -285,7 +285,7 @@ class FakeKernel:
         self._op("own_routes", netns)
         return {r for r in self._ns(netns).routes if dev is None or r.dev == dev}
 
-    async def add_route(self, netns, spec: RouteSpec) -> None:
+    async def add_route(self, netns, spec: RouteSpec, *, ifindex=None) -> None:
         self._op("add_route", spec)
         ns = self._ns(netns)
         spec = norm_route(spec)
@@ -306,7 +306,7 @@ class FakeKernel:
         ns.routes.add(spec)
         self._route_event(netns, spec, deleted=False)
 
-    async def remove_route(self, netns, spec: RouteSpec, *, sole: bool = False) -> None:
+    async def remove_route(self, netns, spec: RouteSpec, *, sole: bool = False, ifindex=None) -> None:
         self._op("remove_route", spec)
         ns = self._ns(netns)
         spec = norm_route(spec)

@@ -122,6 +122,14 @@ def test_network_valid_or_host_bits(pair, spaces):
 @given(st.one_of(address_like, non_strings))
 @example("0.0.0.0/0")
 @example("::/0")
+# forms the C parser takes but ipaddress writes otherwise, or refuses
+@example("010.0.0.0/8")
+@example("10.0.0.0/08")
+@example("10.0.0.0/33")
+@example("10.0.0.1/32")
+@example("10.0.0.1/31")
+@example("1.2.3/24")
+@example("10.0.0.0/\u0668")
 def test_network_anything(value):
     try:
         result = parse_network(value)

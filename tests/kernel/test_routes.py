@@ -30,6 +30,23 @@ async def test_ipv4_route_in_main(kernel, netns, ipsec1):
     assert shown["dev"] == ipsec1 and shown["protocol"] == "xfrmid"
 
 
+async def test_a_known_ifindex_saves_the_lookup_and_a_stale_one_falls_back_to_the_name(kernel, netns, ipsec1):
+    (link,) = ip("link", "show", "dev", ipsec1, netns=netns)
+    right, wrong = link["ifindex"], link["ifindex"] + 1000  # no device has the wrong one
+    spec = RouteSpec(dst="10.3.0.0/16", dev=ipsec1)
+    await kernel.add_route(netns, spec, ifindex=right)
+    stale = RouteSpec(dst="10.4.0.0/16", dev=ipsec1)
+    await kernel.add_route(netns, stale, ifindex=wrong)  # by name after ENODEV
+    six = RouteSpec(dst="2001:db8:4::/48", dev=ipsec1)
+    await kernel.add_route(netns, six, ifindex=wrong)
+    assert await kernel.own_routes(netns) == {spec, stale, six}
+    assert {r["dev"] for r in routes(netns, "proto", "xfrmid")} == {ipsec1}
+    await kernel.remove_route(netns, spec, ifindex=wrong)  # IPv4, default metric: read by name anyway
+    await kernel.remove_route(netns, stale, sole=True, ifindex=wrong)  # nothing through it: by name
+    await kernel.remove_route(netns, six, ifindex=wrong)
+    assert await kernel.own_routes(netns) == set()
+
+
 async def test_ipv6_route_in_main_with_metric(kernel, netns, ipsec1):
     spec = RouteSpec(dst="2001:db8:2::/48", dev=ipsec1, metric=50)
     await kernel.add_route(netns, spec)

@@ -123,7 +123,7 @@ _SIDE_BY_SIDE = frozenset({"delete_link", "create_link"})  # run concurrently wh
 # Actions that hand one spec (the Action field after the verb) to the backend method of the same name.
 _OBJECT_OPS = {
     op: op.split("_", 1)[1]
-    for op in ("add_address", "remove_address", "add_route", "remove_route", "add_rule", "remove_rule")
+    for op in ("add_address", "remove_address", "add_rule", "remove_rule")
 }
 
 
@@ -149,8 +149,11 @@ async def run_action(kernel: KernelBackend, action: Action) -> LinkState | None:
         except NotFound:
             pass  # already gone: that is what we wanted
         return None
-    if op == "remove_route" and action.sole:
-        await kernel.remove_route(netns, action.route, sole=True)
+    if op == "remove_route":
+        await kernel.remove_route(netns, action.route, sole=action.sole, ifindex=action.ifindex)
+        return None
+    if op == "add_route":
+        await kernel.add_route(netns, action.route, ifindex=action.ifindex)
         return None
     await getattr(kernel, op)(netns, getattr(action, _OBJECT_OPS[op]))
     return None

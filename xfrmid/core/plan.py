@@ -91,7 +91,8 @@ class Action:
     mtu: int | None = None
     up: bool | None = None
     owned: bool | None = None  # adopt: the new value of the interface's ``owned``
-    ifindex: int | None = None  # delete_link: the link's index in the view (saves the backend a get)
+    # delete_link, add_route, remove_route: the link's index as seen (saves the backend a get)
+    ifindex: int | None = None
     mark: bool = False  # change_link: put xfrmid's markers on the link (a create cut short by a crash)
     late: bool = False  # remove_address: after the additions (another address takes over its routes)
     # remove_route: no other route of xfrmid's to its destination through its device in its

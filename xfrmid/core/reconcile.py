@@ -176,15 +176,18 @@ class Reconciler:
             ip = cidr.split("/", 1)[0]
             if ip in expansion.sources or (":" not in ip and not _holds_ipv4(iface)):
                 return False
+        # the link as the drift guard vouches for it: its index spares each route request a get
+        seen = self._seen.link(key)
+        ifindex = seen.ifindex if seen is not None else None
         actions = [Action("remove_route", netns, name, "removed", f"removed route {r.dst} via {name} (table {r.table})",
-                          route=r, sole=(r.dst, r.table) not in expansion.prefixes)
+                          route=r, sole=(r.dst, r.table) not in expansion.prefixes, ifindex=ifindex)
                    for r in sorted(change.routes_removed, key=_route_order)]
         actions += [Action("remove_address", netns, name, "removed", f"removed address {a} from {name}",
                            address=AddressSpec(ifname=name, cidr=a)) for a in going]
         actions += [Action("add_address", netns, name, "repaired", f"added address {a} to {name}",
                            address=AddressSpec(ifname=name, cidr=a)) for a in sorted(change.addresses_added)]
         actions += [Action("add_route", netns, name, "repaired", f"added route {r.dst} via {name} (table {r.table})",
-                           route=r) for r in sorted(change.routes_added, key=_route_order)]
+                           route=r, ifindex=ifindex) for r in sorted(change.routes_added, key=_route_order)]
         self._seen.doubt([key])  # until the actions are done
         result = await apply(self._kernel, actions, strict=lambda a: a.op in ("add_address", "add_route"))
         if result.failed:

@@ -101,7 +101,6 @@ def route_request(
 ) -> RouteRequest:
     """Validate AddRoute/RemoveRoute arguments into a RouteRequest."""
     dst = parse_network(destination)
-    net = ipaddress.ip_network(dst)
     tbl = None if table is None else check_table(table)
     met = None if metric is None else check_u32("Route metric", metric)
     source = None
@@ -112,7 +111,7 @@ def route_request(
     peer_addr = None
     if peer is not None:
         peer_addr = parse_address("Peer address", peer)
-        if family_of(peer_addr) != family_of(dst) or ipaddress.ip_address(peer_addr) not in net:
+        if family_of(peer_addr) != family_of(dst) or ipaddress.ip_address(peer_addr) not in ipaddress.ip_network(dst):
             raise InvalidArgument(f"Peer address {peer_addr!r} is not inside destination {dst!r}.")
     return RouteRequest(destination=dst, table=tbl, src=source, metric=met, peer=peer_addr)
 

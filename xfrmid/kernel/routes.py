@@ -20,7 +20,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ..errors import Conflict, InvalidArgument, where
 from ..naming import check_ifname, check_u32
-from ..validate import family_of, parse_address, parse_network
+from ..validate import family_of, packed_prefix, parse_address, parse_network
 from . import nlattrs
 from .netlink import F_CREATE, F_REQ, RTMSG, attr, u32
 from . import link_msgs
@@ -69,16 +69,15 @@ _RTA_DST, _RTA_OIF, _RTA_PRIORITY, _RTA_PREFSRC, _RTA_TABLE = 1, 4, 6, 7, 15
 def _message(spec: RouteSpec, oif: int, adding: bool) -> bytes:
     """The body of an RTM_NEWROUTE/RTM_DELROUTE for ``spec`` through ``oif``, as bytes
     (pyroute2's encoder was a fifth of a hub connection's time, bench/README.md)."""
-    net = ipaddress.ip_network(spec.dst)
-    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    family, packed, prefixlen = packed_prefix(spec.dst)
     table = spec.table if spec.table < 256 else 0  # RT_TABLE_UNSPEC + RTA_TABLE
     scope = RT_SCOPE_LINK if adding else RT_SCOPE_NOWHERE
-    body = [RTMSG.pack(family, net.prefixlen, 0, 0, table, XFRMID_PROTO, scope, RTN_UNICAST, 0),
+    body = [RTMSG.pack(family, prefixlen, 0, 0, table, XFRMID_PROTO, scope, RTN_UNICAST, 0),
             u32(_RTA_TABLE, spec.table), u32(_RTA_OIF, oif)]
-    if net.prefixlen:
-        body.append(attr(_RTA_DST, net.network_address.packed))
+    if prefixlen:
+        body.append(attr(_RTA_DST, packed))
     if spec.src is not None:
-        body.append(attr(_RTA_PREFSRC, ipaddress.ip_address(spec.src).packed))
+        body.append(attr(_RTA_PREFSRC, socket.inet_pton(family, spec.src)))
     # A removal without RTA_PRIORITY removes the lowest metric of that prefix,
     # which may be another owner's route: IPv6 names its default exactly.
     # IPv4's default 0 reads as "any" to the kernel: remove_route checks first.
@@ -148,15 +147,19 @@ async def own_routes(
     return {replace(spec, dev=names.get(oif, "")) for spec, oif in found}
 
 
-async def add_route(conn, netns: str | None, spec: RouteSpec) -> None:
-    """Add the route; fine if xfrmid's identical route is there, Conflict if another is."""
+async def add_route(conn, netns: str | None, spec: RouteSpec, ifindex: int | None = None) -> None:
+    """Add the route; fine if xfrmid's identical route is there, Conflict if another is.
+    ``ifindex``: the device's index as last seen, which saves looking it up by name (a get
+    was 8 % of an AddRoute under emulation); if that device is gone, the name decides."""
     spec = normalize(spec)
-    oif = await index_of(conn, netns, spec.dev, what="Interface")
-    doing = f"Adding {describe(spec)}{where(netns)}"
+    oif = ifindex if ifindex is not None else await index_of(conn, netns, spec.dev, what="Interface")
     try:
         await conn.transact(RTM_NEWROUTE, _message(spec, oif, adding=True), F_CREATE)
     except NetlinkError as exc:
+        doing = f"Adding {describe(spec)}{where(netns)}"
         code = code_of(exc)
+        if code == 19 and ifindex is not None:  # ENODEV: the index seen is stale
+            return await add_route(conn, netns, spec)
         if code == 17:  # EEXIST
             if spec in await own_routes(conn, netns):
                 return
@@ -172,15 +175,23 @@ async def add_route(conn, netns: str | None, spec: RouteSpec) -> None:
         raise translate(exc, doing) from None
 
 
-async def remove_route(conn, netns: str | None, spec: RouteSpec, *, sole: bool = False) -> None:
+async def remove_route(conn, netns: str | None, spec: RouteSpec, *, sole: bool = False,
+                       ifindex: int | None = None) -> None:
     """Remove xfrmid's route; a missing route (or device) is fine. ``sole``: no other route
-    of xfrmid's to this prefix through this device in this table is wanted (see below)."""
+    of xfrmid's to this prefix through this device in this table is wanted (see below).
+    ``ifindex``: as for add_route; a removal that finds nothing through it asks by name."""
     spec = normalize(spec)
-    dev = await link_msgs.get_link(conn, name=spec.dev)
-    if dev is None:
-        return  # the kernel removed the route together with its device
-    oif = link_msgs.index(dev)
-    if ipaddress.ip_network(spec.dst).version == 4 and spec.metric is None and not sole:
+    checked = ":" not in spec.dst and spec.metric is None and not sole
+    if checked:
+        ifindex = None  # the read below must see the device the name holds now
+    if ifindex is None:
+        dev = await link_msgs.get_link(conn, name=spec.dev)
+        if dev is None:
+            return  # the kernel removed the route together with its device
+        oif = link_msgs.index(dev)
+    else:
+        oif = ifindex
+    if checked:
         # IPv4 reads metric 0 as "any metric": if ours is gone, the kernel would
         # remove our route to the same prefix with the next metric instead (with
         # ``sole`` any such route is an unwanted one of ours: no read of them all first).
@@ -189,6 +200,9 @@ async def remove_route(conn, netns: str | None, spec: RouteSpec, *, sole: bool =
     try:
         await conn.transact(RTM_DELROUTE, _message(spec, oif, adding=False), F_REQ)
     except NetlinkError as exc:
-        if code_of(exc) in (3, 2, 19):  # ESRCH/ENOENT/ENODEV: not there
+        code = code_of(exc)
+        if code in (3, 2, 19):  # ESRCH/ENOENT/ENODEV: not there
+            if ifindex is not None:  # through that index: the name decides (it may be stale)
+                return await remove_route(conn, netns, spec, sole=sole)
             return
         raise translate(exc, f"Removing {describe(spec)}{where(netns)}") from None

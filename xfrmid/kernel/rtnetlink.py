@@ -107,11 +107,12 @@ class Kernel:
         ``names``, devices by ifindex just read, save looking their names up)."""
         return await _routes.own_routes(await self._conns.get(netns), netns, dev, ifindex, names)
 
-    async def add_route(self, netns: str | None, spec: RouteSpec) -> None:
-        await _routes.add_route(await self._conns.get(netns), netns, spec)
+    async def add_route(self, netns: str | None, spec: RouteSpec, *, ifindex: int | None = None) -> None:
+        await _routes.add_route(await self._conns.get(netns), netns, spec, ifindex)
 
-    async def remove_route(self, netns: str | None, spec: RouteSpec, *, sole: bool = False) -> None:
-        await _routes.remove_route(await self._conns.get(netns), netns, spec, sole=sole)
+    async def remove_route(self, netns: str | None, spec: RouteSpec, *, sole: bool = False,
+                           ifindex: int | None = None) -> None:
+        await _routes.remove_route(await self._conns.get(netns), netns, spec, sole=sole, ifindex=ifindex)
 
     async def own_rules(self, netns: str | None) -> set[RuleSpec]:
         return await _rules.own_rules(await self._conns.get(netns), netns)
