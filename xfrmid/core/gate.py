@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 
 from .desired import Key
 from .guard import DriftGuard
@@ -26,17 +26,29 @@ class Gate:
         self._writer = False
         self._writers_waiting = 0
 
+    async def enter_shared(self) -> None:
+        # No writer in or waiting: nothing to wait for, and no await between the test
+        # and the count (the condition's lock for each call was a twentieth of a hub call).
+        if self._writer or self._writers_waiting:
+            async with self._cond:
+                await self._cond.wait_for(lambda: not self._writer and not self._writers_waiting)
+                self._readers += 1
+        else:
+            self._readers += 1
+
+    async def exit_shared(self) -> None:
+        self._readers -= 1
+        if self._writers_waiting:  # only a writer waits for the readers to leave
+            async with self._cond:
+                self._cond.notify_all()
+
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._writer and not self._writers_waiting)
-            self._readers += 1
+        await self.enter_shared()
         try:
             yield
         finally:
-            async with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+            await self.exit_shared()
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -68,6 +80,38 @@ class KeyedLocks:
         return lock
 
 
+class _OneHeld:
+    """CallLocks.one: the gate shared, the interface's lock, the guard's hold; released in
+    reverse. A class, not nested generator context managers: every call takes it."""
+
+    __slots__ = ("_gate", "_lock", "_hold")
+
+    def __init__(self, gate: Gate, lock: asyncio.Lock, hold: AbstractContextManager[object]) -> None:
+        self._gate, self._lock, self._hold = gate, lock, hold
+
+    async def __aenter__(self) -> None:
+        await self._gate.enter_shared()
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            await self._gate.exit_shared()
+            raise
+        try:
+            self._hold.__enter__()
+        except BaseException:
+            self._lock.release()
+            await self._gate.exit_shared()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> bool:
+        try:
+            self._hold.__exit__(*exc_info)
+        finally:
+            self._lock.release()
+            await self._gate.exit_shared()
+        return False
+
+
 class CallLocks:
     """The gate, the per-interface locks and the drift guard's hold, taken in that order."""
 
@@ -76,13 +120,9 @@ class CallLocks:
         self._locks = KeyedLocks()
         self._guard = guard
 
-    @asynccontextmanager
-    async def one(self, key: Key) -> AsyncIterator[None]:
-        """A call on one interface."""
-        async with self._gate.shared():
-            async with self._locks(key):
-                with self._guard.hold(key):
-                    yield
+    def one(self, key: Key) -> "_OneHeld":
+        """A call on one interface (async context manager)."""
+        return _OneHeld(self._gate, self._locks(key), self._guard.hold(key))
 
     @asynccontextmanager
     async def many(self, keys: list[Key]) -> AsyncIterator[None]:
