@@ -139,10 +139,21 @@ async def test_the_messages_of_one_loop_turn_leave_in_one_write_in_order(bus):
     sender.send(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                         interface="org.freedesktop.DBus", member="GetId"))
     assert len(writes) == before + 1  # a call (or reply) with nothing queued: written at once
-    sender.send(_signal(30))  # sent in the turn that disconnects: it still leaves
+    # send_in_turn (a reply among pipelined calls): it waits for the turn's write with the rest
+    in_turn = sender.send_in_turn(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                          interface="org.freedesktop.DBus", member="GetId"))
+    assert len(writes) == before + 1
     want[0] = 31
+    done.clear()
+    sender.send(_signal(31))
+    await in_turn
+    assert len(writes) == before + 2  # the call and the signal after it: one write
+    await asyncio.wait_for(done.wait(), 10)
+    assert got[-1] == 31
+    sender.send(_signal(32))  # sent in the turn that disconnects: it still leaves
+    want[0] = 32
     done.clear()
     sender.disconnect()
     await asyncio.wait_for(done.wait(), 10)
-    assert got[-1] == 30
+    assert got[-1] == 32
     receiver.disconnect()

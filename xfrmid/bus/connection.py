@@ -107,6 +107,15 @@ class BusConnection(MessageBus):
         writer = self._writer
         if msg.message_type is not MessageType.SIGNAL and not writer.messages and writer.buf is None:
             return super().send(msg)
+        return self.send_in_turn(msg)
+
+    def send_in_turn(self, msg: Message) -> asyncio.Future:
+        """Queue ``msg`` for the write at the end of this loop turn, whatever its type: a
+        reply while other calls are handled (the pipelined client waits for the batch
+        anyway), which then leaves with the signals of its change in one write."""
+        if not self._coalesce or not self.unique_name:
+            return super().send(msg)
+        writer = self._writer
         if not msg.serial:
             msg.serial = self.next_serial()
         future = self._loop.create_future()

@@ -161,7 +161,13 @@ class BusService:
                 await self._attach_finished(msg.sender)
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             try:
-                self._bus.send(reply)
+                # alone, the reply leaves at once; among other calls (a pipelining client),
+                # with this loop turn's other messages in one write (a send each was 7 % of
+                # a hub's calls under emulation)
+                if len(self._tasks) > 1:
+                    self._bus.send_in_turn(reply)
+                else:
+                    self._bus.send(reply)
             except Exception:  # the caller may be gone; nothing to tell
                 log.debug("could not send the reply to %s", msg.sender, exc_info=True)
 
