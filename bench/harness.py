@@ -165,10 +165,8 @@ class Daemon:
         return 0 if self.output is None else sum(needle in line for _, line in list(self.output.lines))
 
     def cpu_s(self) -> tuple[float, float]:
-        """(user, system) CPU seconds the daemon has used so far (/proc/PID/stat)."""
-        fields = Path(f"/proc/{daemon_pid(self)}/stat").read_text().rpartition(")")[2].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        """(user, system) CPU seconds the daemon has used so far."""
+        return process_cpu_s(daemon_pid(self))
 
     def rss_mb(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) in MiB."""
@@ -230,6 +228,13 @@ def start_daemon(bus: PrivateBus, netns: str, state_dir: Path, *, timeout: float
         daemon.stop()
         raise RuntimeError(f"xfrmid did not become ready within {timeout:.0f}s:\n{daemon.tail()}")
     return daemon
+
+
+def process_cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def daemon_pid(daemon: Daemon) -> int:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import subprocess
 import time
+from collections.abc import Callable
 
 from xfrmid.bus.names import INTERFACE_IFACE, interface_path
 from xfrmid.client import Client
 
 from .cases import WINDOW, _r, get_version, row
-from .harness import median
+from .harness import median, process_cpu_s
 
 HUB = "ipsec1"
 ROUTE_BASE = ipaddress.ip_address("10.128.0.0")  # connection i routes ROUTE_BASE + i /32
@@ -79,13 +81,26 @@ async def _gets(client: Client) -> list[float]:
     return times
 
 
-async def _timed_run(client: Client, calls) -> tuple[float, list[float], list[float], list[float]]:
+Pids = dict[str, Callable[[], int]]  # the processes whose CPU a row accounts, by role
+
+
+def _cpu(pids: Pids) -> dict[str, float]:
+    times = {role: sum(process_cpu_s(pid())) for role, pid in pids.items()}
+    times["client"] = sum(os.times()[:2])
+    return times
+
+
+async def _timed_run(client: Client, calls, pids: Pids) -> tuple[float, list[float], list[float], list[float], dict]:
     """(start, completion times) of the connections' calls, with the Gets right before and right
     after them: the (emulated, shared) machine's speed drifts over minutes, so the baseline is
-    the median of both."""
+    the median of both. The last item: the share of the calls' wall time each process
+    (daemon, bus, this client) spent on a CPU, which says which of them the calls wait for."""
     before = await _gets(client)
+    cpu = _cpu(pids)
     start, done = await _stamped(calls, WINDOW)
-    return start, done, before, await _gets(client)
+    wall = done[-1] - start
+    busy = {role: round((used - cpu[role]) / wall, 3) for role, used in _cpu(pids).items()}
+    return start, done, before, await _gets(client), busy
 
 
 def kernel_counts(netns: str) -> tuple[int, int]:
@@ -102,8 +117,8 @@ def _links(netns: str) -> int:
     return len(out.stdout.splitlines())
 
 
-def _hub_row(name: str, start: float, done: list[float], before: list[float], after: list[float], n: int,
-             **extra) -> dict:
+def _hub_row(name: str, start: float, done: list[float], before: list[float], after: list[float], busy: dict,
+             n: int, **extra) -> dict:
     """Last k against the first k (target 1.5) and against a Get (target 2.0): ok when both hold."""
     k = window_size(n)
     first, last = _first_last(start, done, k)
@@ -113,12 +128,12 @@ def _hub_row(name: str, start: float, done: list[float], before: list[float], af
             get_before_s=_r(median(before)), get_after_s=_r(median(after)), elapsed_s=_r(done[-1] - start),
             baseline_tool=f"the first {k} connections of the same run; get_s: median Properties.Get "
                           f"round trip ({GET_SAMPLES} right before and {GET_SAMPLES} right after, one at a "
-                          "time), same daemon", window=WINDOW, **extra)
+                          "time), same daemon", window=WINDOW, cpu_busy=busy, **extra)
     r["ok"] = r["ok"] and r["get_ratio"] <= 2.0
     return r
 
 
-async def connect(client: Client, netns: str, n: int) -> dict:
+async def connect(client: Client, netns: str, n: int, pids: Pids) -> dict:
     """n connections on the hub; the ``hub`` row (kernel state checked with iproute2)."""
 
     async def one(i: int) -> None:
@@ -127,7 +142,7 @@ async def connect(client: Client, netns: str, n: int) -> dict:
         if i % ADDRESS_EVERY == 0:
             await client.add_address(HUB, owner(i), address_of(i))
 
-    start, done, before, after = await _timed_run(client, [lambda i=i: one(i) for i in range(1, n + 1)])
+    start, done, before, after, busy = await _timed_run(client, [lambda i=i: one(i) for i in range(1, n + 1)], pids)
     routes, addresses = kernel_counts(netns)
     if (routes, addresses) != (n, n // ADDRESS_EVERY):
         raise RuntimeError(f"hub: the kernel has {routes} routes and {addresses} addresses on {HUB}, "
@@ -141,14 +156,14 @@ async def connect(client: Client, netns: str, n: int) -> dict:
     await client.call("Get", "ss", [INTERFACE_IFACE, "Owners"], path=interface_path(HUB, None),
                       interface="org.freedesktop.DBus.Properties")
     get_owners = time.perf_counter() - t0
-    return _hub_row("hub", start, done, before, after, n, calls=2 * n + n // ADDRESS_EVERY,
+    return _hub_row("hub", start, done, before, after, busy, n, calls=2 * n + n // ADDRESS_EVERY,
                     get_all_s=_r(get_all), get_owners_s=_r(get_owners), api="Attach + AddRoute /32 per connection (AddAddress every 100th)")
 
 
-async def disconnect(client: Client, netns: str, n: int) -> dict:
+async def disconnect(client: Client, netns: str, n: int, pids: Pids) -> dict:
     """Detach of each connection; the ``hub_detach`` row (the last Detach deletes the hub)."""
-    start, done, before, after = await _timed_run(client, [lambda i=i: client.detach(HUB, owner(i))
-                                                           for i in range(1, n + 1)])
+    start, done, before, after, busy = await _timed_run(
+        client, [lambda i=i: client.detach(HUB, owner(i)) for i in range(1, n + 1)], pids)
     if _links(netns):
         raise RuntimeError(f"hub: {HUB} is still there after every owner detached")
-    return _hub_row("hub_detach", start, done, before, after, n, api="Detach per connection")
+    return _hub_row("hub_detach", start, done, before, after, busy, n, api="Detach per connection")

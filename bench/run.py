@@ -25,7 +25,7 @@ from xfrmid.client import Client
 
 from . import cases, hub
 from .kernel_reads import child_times
-from .harness import TOP, ip_batch, netns_add, netns_del, start_bus, start_daemon
+from .harness import TOP, daemon_pid, ip_batch, netns_add, netns_del, start_bus, start_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,12 +166,16 @@ def _baselines(netns: str) -> tuple[tuple[float, float, float], dict]:
     return listing, reads
 
 
+def _pids(bus, daemon) -> hub.Pids:
+    return {"daemon": lambda: daemon_pid(daemon), "bus": lambda: bus.process.pid}
+
+
 def _hub_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: Path) -> None:
     """--hub connections on one interface; the daemon restarted with them (startup_hub); each detached."""
     log(f"hub: {args.hub} connections on {hub.HUB}")
     daemon = start_daemon(bus, netns, state_dir, timeout=args.ready_timeout, profile=_profile(args, "hub"))
     try:
-        rows.append(asyncio.run(_with_client(bus.address, lambda c: hub.connect(c, netns, args.hub))))
+        rows.append(asyncio.run(_with_client(bus.address, lambda c: hub.connect(c, netns, args.hub, _pids(bus, daemon)))))
         save(rows, out)
         log(f"hub: {rows[-1]['last_per_connection_s'] * 1000:.2f} ms per connection for the last "
             f"{rows[-1]['compared']}, {rows[-1]['first_per_connection_s'] * 1000:.2f} ms for the first; restarting")
@@ -186,7 +190,7 @@ def _hub_phase(args, bus, netns: str, state_dir: Path, rows: list[dict], out: Pa
         rows.append(cases.startup_row(daemon, listing, args.hub, reads, name="startup_hub"))
         save(rows, out)
         log(f"hub: ready after {rows[-1]['xfrmid']:.1f}s (iproute2: {rows[-1]['baseline']:.1f}s); detaching")
-        rows.append(asyncio.run(_with_client(bus.address, lambda c: hub.disconnect(c, netns, args.hub))))
+        rows.append(asyncio.run(_with_client(bus.address, lambda c: hub.disconnect(c, netns, args.hub, _pids(bus, daemon)))))
         save(rows, out)
     except Exception:
         _tail_on_error(daemon)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+from bench import call_costs
 from bench import run as bench
 
 NAMES = ["create", "delete", "startup", "latency", "event_storm", "memory", "hub", "startup_hub", "hub_detach"]
@@ -45,6 +46,8 @@ def test_bench_smoke_writes_every_row(tmp_path, capsys):
     for name in ("hub", "hub_detach"):
         assert by[name]["compared"] == HUB // 10 and by[name]["get_s"] > 0 and by[name]["get_ratio"] > 0
         assert by[name]["first_per_connection_s"] == by[name]["baseline"]
+        assert set(by[name]["cpu_busy"]) == {"daemon", "bus", "client"}, by[name]
+        assert by[name]["cpu_busy"]["daemon"] > 0
     assert by["hub"]["calls"] == 2 * HUB + 1 and by["hub"]["get_all_s"] > 0
     assert by["startup_hub"]["kernel_reads_messages"]["xfrmid's routes"] == HUB
     assert by["startup_hub"]["kernel_reads_messages"]["xfrm links"] == 1
@@ -67,3 +70,14 @@ def test_bench_smoke_writes_every_row(tmp_path, capsys):
     assert "benchmark" in printed and "event_storm" in printed  # the table
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "xfrmid-bench-" not in left
+
+
+def test_call_costs_measure_each_kind_of_call(tmp_path, capsys):
+    out = tmp_path / "costs.json"
+    assert call_costs.main(["--n", "20", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [c["call"] for c in result["calls"]] == ["Get", "Attach", "AddRoute", "RemoveRoute", "Detach"]
+    assert result["lone_get_ms"] > 0 and all(c["wall"] > 0 for c in result["calls"])
+    assert "a lone Get's round trip" in capsys.readouterr().out
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "xfrmid-call-costs-" not in left
