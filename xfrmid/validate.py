@@ -2,7 +2,8 @@
 
 Pure functions; each raises InvalidArgument with a sentence naming the value.
 Addresses are parsed by Python's ipaddress module and returned in its
-normalised text form, which is what the kernel layer hands to netlink.
+normalised text form, which is what the kernel layer hands to netlink (an
+IPv4 prefix already in that form is only checked, by the C parser).
 """
 
 from __future__ import annotations
