@@ -107,7 +107,7 @@ class BusConnection(MessageBus):
         writer = self._writer
         if msg.message_type is not MessageType.SIGNAL and not writer.messages and writer.buf is None:
             return super().send(msg)
-        return self.send_in_turn(msg)
+        return self._queue(msg)
 
     def send_in_turn(self, msg: Message) -> asyncio.Future:
         """Queue ``msg`` for the write at the end of this loop turn, whatever its type: a
@@ -115,6 +115,9 @@ class BusConnection(MessageBus):
         anyway), which then leaves with the signals of its change in one write."""
         if not self._coalesce or not self.unique_name:
             return super().send(msg)
+        return self._queue(msg)
+
+    def _queue(self, msg: Message) -> asyncio.Future:
         writer = self._writer
         if not msg.serial:
             msg.serial = self.next_serial()
