@@ -21,7 +21,8 @@ fixtures use it). Each module owns one thing:
 - ``route_slots``: which interface holds each kernel route slot;
 - ``plan``: desired state + kernel view -> actions (pure); ``apply``: kernel reads and actions run;
 - ``store`` (+ ``store_image``, ``append_file``): the state file, snapshot plus journal;
-- ``gate``: where calls wait (interface locks, the reconcile gate); ``timers``: linger timers;
+- ``gate``: where calls wait (interface locks, the reconcile gate); ``call_queue``: the calls
+  queued on one interface, those queued together run as one transaction; ``timers``: linger timers;
 - ``guard``: the drift guard protocol; ``watch`` (+ ``drift``): netlink events -> debounced repair;
 - ``running``: the composition root (the manager and its watcher, wired).
 """

@@ -1,10 +1,12 @@
 """The manager: the core's public API (the calls of org.xfrmid1 and the lifecycle), free of D-Bus.
 
 Every mutating call follows one path: validate the arguments, take the
-interfaces' locks (``gate.CallLocks``), describe the change of the desired
-state, and run it as a ``Transaction``: persisted, the kernel synced with the
-same planner a reconcile uses, everything undone when the kernel refuses what
-the call adds, listeners told afterwards. The manager builds its parts and
+interfaces' locks (``gate.CallLocks``; a call on one interface queues for its
+lock, and calls queued together share one transaction: ``call_queue``),
+describe the change of the desired state, and run it as a ``Transaction``:
+persisted, the kernel synced with the same planner a reconcile uses,
+everything undone when the kernel refuses what the call adds, listeners told
+afterwards. The manager builds its parts and
 owns the lifecycle (start, reload, stop); the parts own the state:
 ``CoreState`` the settings and desired state, ``KernelSeen`` what the kernel
 was last seen to hold, ``Publisher`` the listeners and the views published.
@@ -40,6 +42,7 @@ from ..errors import InvalidArgument, NotFound, XfrmidError, where
 from ..naming import check_ifname
 from ..settings import Settings
 from ..validate import check_netns, parse_interface_cidr
+from .call_queue import CallQueues, Step, Ungroupable
 from .desired import DesiredInterface, Key, check_owner
 from .desired_state import DesiredState
 from .gate import CallLocks
@@ -73,6 +76,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xfrmid.core")
 
+# The calls that may share a transaction with one another (call_queue.py): those that
+# change an interface's owners, addresses and routes but cannot delete it.
+GROW = "grow"
+
 # Up to this many new names, CreateInterfaces asks the kernel about each with a get;
 # beyond, one dump of the namespace's xfrm links says which exist (to adopt).
 NAME_GETS_MAX = 3
@@ -90,6 +97,7 @@ class Manager:
         self._reconciler = Reconciler(kernel, self._state, self.store, self._seen, self._publisher, guard)
         self._transaction = Transaction(self._state, self.store, self._reconciler, self._publisher)
         self._locks = CallLocks(guard)
+        self._calls = CallQueues(self._locks, self._transaction, self._state)
         self._guard = guard
         self._linger = KeyedTimers(self._linger_expired)
 
@@ -105,6 +113,11 @@ class Manager:
     def shortcuts(self) -> "Counter[str]":
         """How many changes took each shortcut ("unchanged", "created"; see transaction.py)."""
         return self._transaction.shortcuts
+
+    @property
+    def grouped(self) -> "Counter[str]":
+        """Calls run together as one transaction ("groups", "grouped", "regrouped"; see call_queue.py)."""
+        return self._calls.counts
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -140,6 +153,7 @@ class Manager:
     async def stop(self) -> None:
         """Wait for running calls, cancel linger timers. The kernel objects stay (they are promises);
         the kernel backend is not closed (its creator owns it)."""
+        await self._calls.close()
         async with self._locks.everything():
             pass  # running calls are done now
         await self._linger.close()
@@ -221,10 +235,13 @@ class Manager:
         netns, name = check_netns(netns), check_ifname(name)
         request = create_request(name, if_id, link, mtu, external, addresses)
         key = (netns, name)
-        async with self._locks.one(key):
+
+        async def alone() -> InterfaceInfo:
             change, free = await self._create_change(key, request)
             await self._transaction.run(netns, [name], change, free={name} if free else ())
             return self.view(key)
+
+        return await self._calls.run(key, Step(alone))
 
     async def create_interfaces(self, entries: Sequence[tuple[str, int, dict]], *,
                                 netns: str | None = None) -> list[InterfaceInfo]:
@@ -290,9 +307,12 @@ class Manager:
         """Delete an interface xfrmid created. NotOwned if adopted, Busy while owners are attached unless force."""
         netns, name = check_netns(netns), check_ifname(name)
         key = (netns, name)
-        async with self._locks.one(key):
+
+        async def alone() -> None:
             check_deletable(self.desired.get(key), key, force)
             await self._transaction.run(netns, [name], lambda: self._drop([key]), why="requested by DeleteInterface")
+
+        await self._calls.run(key, Step(alone))
 
     async def delete_interfaces(self, names: Sequence[str], *, netns: str | None = None, force: bool = False) -> None:
         """delete_interface for many interfaces of one namespace in one change (one journal
@@ -328,7 +348,22 @@ class Manager:
         if caller is not None and (not isinstance(caller, str) or not caller):
             raise InvalidArgument(f"Caller {caller!r} is not a bus name.")
         key = (netns, name)
-        async with self._locks.one(key):
+
+        def prepare() -> Callable[[], None]:
+            if self.desired.get(key) is None:
+                raise Ungroupable  # the interface is created first: a kernel read
+
+            def change() -> None:
+                self.desired.attach(key, owner, caller)
+                self._linger.cancel(key)
+
+            return change
+
+        def finish() -> AttachResult:
+            info = self.view(key)
+            return AttachResult(info=info, if_id=info.if_id, mark=info.mark, mask=info.mask)
+
+        async def alone() -> AttachResult:
             iface = self.desired.get(key)
             fresh, free = iface is None, False
             if iface is None:
@@ -343,8 +378,9 @@ class Manager:
                 self._linger.cancel(key)
 
             await self._transaction.run(netns, [name], change, free={name} if free else ())
-            info = self.view(key)
-            return AttachResult(info=info, if_id=info.if_id, mark=info.mark, mask=info.mask)
+            return finish()
+
+        return await self._calls.run(key, Step(alone, prepare, finish, family=GROW))
 
     async def detach(self, name: str, owner: str, *, netns: str | None = None) -> bool:
         """Drop owner's reference and everything it added. True when that deleted the interface.
@@ -352,30 +388,48 @@ class Manager:
         Not attached (or unknown interface): nothing happens, returns False.
         """
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
-        key = (netns, name)
-        async with self._locks.one(key):
-            return await self._detach_locked(key, owner)
+        return await self._calls.run((netns, name), self._detach_step((netns, name), owner))
 
-    async def _detach_locked(self, key: Key, owner: str) -> bool:
-        iface = self.desired.get(key)
-        if iface is None or owner not in iface.owners:
-            return False
-        linger = self.settings.linger
-        outcome = {"deleted": False}
+    def _detach_step(self, key: Key, owner: str) -> Step:
+        deleted = [False]
 
-        def change() -> None:
-            self.desired.detach(key, owner)
-            if iface.wanted:
-                return
-            if iface.owned and linger > 0:
-                iface.linger_until = time.time() + linger
-                self._linger.schedule(key, linger)
-            else:
-                self.desired.drop(key)
-                outcome["deleted"] = iface.owned
+        def prepare() -> Callable[[], None] | None:
+            deleted[0] = False
+            iface = self.desired.get(key)
+            if iface is None or owner not in iface.owners:
+                return None
+            linger = self.settings.linger
 
-        await self._transaction.run(key[0], [key[1]], change, why=f"its last owner {owner} detached")
-        return outcome["deleted"]
+            def change() -> None:
+                self.desired.detach(key, owner)
+                if iface.wanted:
+                    return
+                if iface.owned and linger > 0:
+                    iface.linger_until = time.time() + linger
+                    self._linger.schedule(key, linger)
+                else:
+                    self.desired.drop(key)
+                    deleted[0] = iface.owned
+
+            return change
+
+        # a Detach may delete the interface: grouped with Detaches only
+        return self._step(key, prepare, lambda: deleted[0], family="detach",
+                          why=f"its last owner {owner} detached")
+
+    def _step(self, key: Key, prepare: Callable[[], Callable[[], object] | None],
+              finish: Callable[[], object] = lambda: None, *, family: str = "",
+              why: str | None = None) -> Step:
+        """A call whose checks and change need no kernel read: grouped with the calls queued
+        beside it (call_queue.py), or alone its own transaction."""
+
+        async def alone() -> object:
+            change = prepare()
+            if change is not None:
+                await self._transaction.run(key[0], [key[1]], change, why=why)
+            return finish()
+
+        return Step(alone, prepare, finish, family=family or GROW, why=why)
 
     async def caller_vanished(self, caller: str) -> None:
         """Release every bind_to_caller reference held for bus name ``caller``."""
@@ -386,12 +440,15 @@ class Manager:
             if owner.caller == caller
         ]
         for key, owner in held:
+
+            async def alone(key: Key = key, owner: str = owner) -> None:
+                iface = self.desired.get(key)
+                if iface is not None and owner in iface.owners and iface.owners[owner].caller == caller:
+                    log.info("released %s on %s: bus client %s went away", owner, key[1], caller)
+                    await self._detach_step(key, owner).alone()
+
             try:
-                async with self._locks.one(key):
-                    iface = self.desired.get(key)
-                    if iface is not None and owner in iface.owners and iface.owners[owner].caller == caller:
-                        log.info("released %s on %s: bus client %s went away", owner, key[1], caller)
-                        await self._detach_locked(key, owner)
+                await self._calls.run(key, Step(alone))
             except XfrmidError as exc:
                 log.warning("releasing %s on %s for %s failed: %s", owner, key[1], caller, exc)
 
@@ -411,23 +468,29 @@ class Manager:
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         cidr = parse_interface_cidr(cidr)
         key = (netns, name)
-        async with self._locks.one(key):
+
+        async def alone() -> None:  # it asks the kernel whether the link has the address
             self._holder(key, owner)
             on_link = await self._addresses_on_link(key)
             await self._transaction.run(
                 netns, [name], lambda: self.desired.add_address(key, owner, cidr, on_link=cidr in on_link))
+
+        await self._calls.run(key, Step(alone))
 
     async def remove_address(self, name: str, owner: str, cidr: str, *, netns: str | None = None) -> None:
         """Owner lets go of ``cidr``; the kernel loses it when no holder is left. Not held: no-op."""
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         cidr = parse_interface_cidr(cidr)
         key = (netns, name)
-        async with self._locks.one(key):
+
+        def prepare() -> Callable[[], object] | None:
             iface = self.desired.get(key)
             holder = iface.owners.get(owner) if iface is not None else None
             if holder is None or cidr not in holder.addresses:
-                return
-            await self._transaction.run(netns, [name], lambda: self.desired.remove_address(key, owner, cidr))
+                return None
+            return lambda: self.desired.remove_address(key, owner, cidr)
+
+        await self._calls.run(key, self._step(key, prepare))
 
     async def add_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                         table: int | None = None, src: str | None = None, metric: int | None = None,
@@ -436,10 +499,13 @@ class Manager:
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         request = route_request(destination, table=table, src=src, metric=metric, peer=peer)
         key = (netns, name)
-        async with self._locks.one(key):
+
+        def prepare() -> Callable[[], object]:
             self._holder(key, owner)
             # a route colliding with another interface's: Conflict from the transaction
-            await self._transaction.run(netns, [name], lambda: self.desired.add_route(key, owner, request))
+            return lambda: self.desired.add_route(key, owner, request)
+
+        await self._calls.run(key, self._step(key, prepare))
 
     async def remove_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                            table: int | None = None, src: str | None = None, metric: int | None = None,
@@ -448,12 +514,15 @@ class Manager:
         netns, name, owner = check_netns(netns), check_ifname(name), check_owner(owner)
         pattern = route_request(destination, table=table, src=src, metric=metric, peer=peer)
         key = (netns, name)
-        async with self._locks.one(key):
+
+        def prepare() -> Callable[[], object] | None:
             iface = self.desired.get(key)
             holder = iface.owners.get(owner) if iface is not None else None
             if holder is None or not any(r.matches(pattern) for r in holder.routes):
-                return
-            await self._transaction.run(netns, [name], lambda: self.desired.remove_route(key, owner, pattern))
+                return None
+            return lambda: self.desired.remove_route(key, owner, pattern)
+
+        await self._calls.run(key, self._step(key, prepare))
 
     # --- reconcile -------------------------------------------------------------
 

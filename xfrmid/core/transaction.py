@@ -51,13 +51,14 @@ class Transaction:
         self.shortcuts: Counter[str] = Counter()
 
     async def run(self, netns: str | None, names: Collection[str], change: Callable[[], object], *,
-                  free: Collection[str] = (), why: str | None = None) -> None:
+                  free: Collection[str] = (), why: "str | Callable[[], str | None] | None" = None) -> None:
         """Apply ``change`` to the desired state of ``names`` in ``netns``, persist it and make
         the kernel match; undo all of it when a typed error is raised.
 
         ``free``: names new to the desired state that the kernel reported free during
         this call. ``why``: the reason an interface goes, when the change
-        removes it (for the log).
+        removes it (for the log); a function is asked after the change (a group of
+        calls knows only then which of them removed it).
         """
         state = self._state
         desired = state.desired
@@ -69,6 +70,8 @@ class Transaction:
         taken: list[Change] = []  # changes the slot index took in
         try:
             change()
+            if callable(why):
+                why = why()
             changes = [change_of(state, s) for s in saved]
             for one in changes:
                 state.take_change(one)
