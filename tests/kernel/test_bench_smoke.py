@@ -36,7 +36,9 @@ def test_bench_smoke_writes_every_row(tmp_path, capsys):
             assert r["baseline"] > 0 and r["max_get_s"] is not None
         else:
             assert r["xfrmid"] > 0 and r["baseline"] > 0
-            assert abs(r["ratio"] - r["xfrmid"] / r["baseline"]) <= 0.01 * r["ratio"]  # both rounded
+            # both rounded (the ratio to 3 decimals: a tiny one, such as the last hub connections
+            # of a smoke run answered in one group, is off by up to 0.0005)
+            assert abs(r["ratio"] - r["xfrmid"] / r["baseline"]) <= max(0.01 * r["ratio"], 0.0005)
     by = {r["name"]: r for r in rows}
     # each row explains itself: start-up phases from the daemon's log, the kernel's floors,
     # the storm whose events reach the daemon
