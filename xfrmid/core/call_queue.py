@@ -85,6 +85,19 @@ class CallQueues:
         # "regrouped": calls run again alone after their group failed
         self.counts: Counter[str] = Counter()
 
+    def step(self, key: Key, prepare: Callable[[], Change | None], finish: Callable[[], Any] = lambda: None, *,
+             family: str, why: str | None = None) -> Step:
+        """A call whose checks and change need no kernel read: grouped with the calls queued
+        beside it, or alone its own transaction."""
+
+        async def alone() -> Any:
+            change = prepare()
+            if change is not None:
+                await self._transaction.run(key[0], [key[1]], change, why=why)
+            return finish()
+
+        return Step(alone, prepare, finish, family=family, why=why)
+
     async def run(self, key: Key, step: Step) -> Any:
         """The step's answer: run now if nothing else is queued on ``key``, else in turn."""
         loop = asyncio.get_running_loop()

@@ -349,15 +349,14 @@ class Manager:
             raise InvalidArgument(f"Caller {caller!r} is not a bus name.")
         key = (netns, name)
 
+        def attach_owner() -> None:
+            self.desired.attach(key, owner, caller)
+            self._linger.cancel(key)
+
         def prepare() -> Callable[[], None]:
             if self.desired.get(key) is None:
                 raise Ungroupable  # the interface is created first: a kernel read
-
-            def change() -> None:
-                self.desired.attach(key, owner, caller)
-                self._linger.cancel(key)
-
-            return change
+            return attach_owner
 
         def finish() -> AttachResult:
             info = self.view(key)
@@ -374,8 +373,7 @@ class Manager:
             def change() -> None:
                 if fresh:
                     self.desired.put(new)
-                self.desired.attach(key, owner, caller)
-                self._linger.cancel(key)
+                attach_owner()
 
             await self._transaction.run(netns, [name], change, free={name} if free else ())
             return finish()
@@ -414,22 +412,8 @@ class Manager:
             return change
 
         # a Detach may delete the interface: grouped with Detaches only
-        return self._step(key, prepare, lambda: deleted[0], family="detach",
-                          why=f"its last owner {owner} detached")
-
-    def _step(self, key: Key, prepare: Callable[[], Callable[[], object] | None],
-              finish: Callable[[], object] = lambda: None, *, family: str = "",
-              why: str | None = None) -> Step:
-        """A call whose checks and change need no kernel read: grouped with the calls queued
-        beside it (call_queue.py), or alone its own transaction."""
-
-        async def alone() -> object:
-            change = prepare()
-            if change is not None:
-                await self._transaction.run(key[0], [key[1]], change, why=why)
-            return finish()
-
-        return Step(alone, prepare, finish, family=family or GROW, why=why)
+        return self._calls.step(key, prepare, lambda: deleted[0], family="detach",
+                                why=f"its last owner {owner} detached")
 
     async def caller_vanished(self, caller: str) -> None:
         """Release every bind_to_caller reference held for bus name ``caller``."""
@@ -490,7 +474,7 @@ class Manager:
                 return None
             return lambda: self.desired.remove_address(key, owner, cidr)
 
-        await self._calls.run(key, self._step(key, prepare))
+        await self._calls.run(key, self._calls.step(key, prepare, family=GROW))
 
     async def add_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                         table: int | None = None, src: str | None = None, metric: int | None = None,
@@ -505,7 +489,7 @@ class Manager:
             # a route colliding with another interface's: Conflict from the transaction
             return lambda: self.desired.add_route(key, owner, request)
 
-        await self._calls.run(key, self._step(key, prepare))
+        await self._calls.run(key, self._calls.step(key, prepare, family=GROW))
 
     async def remove_route(self, name: str, owner: str, destination: str, *, netns: str | None = None,
                            table: int | None = None, src: str | None = None, metric: int | None = None,
@@ -522,7 +506,7 @@ class Manager:
                 return None
             return lambda: self.desired.remove_route(key, owner, pattern)
 
-        await self._calls.run(key, self._step(key, prepare))
+        await self._calls.run(key, self._calls.step(key, prepare, family=GROW))
 
     # --- reconcile -------------------------------------------------------------
 
