@@ -26,9 +26,20 @@ from tests.kernel.bus_fixtures import start_bus as start_private_bus
 TOP = Path(__file__).resolve().parents[1]
 
 
-def netns_add(name: str) -> str:
+def netns_add(name: str, *, ipv6: bool = True) -> str:
+    """A fresh namespace with lo up; ``ipv6=False``: IPv6 disabled on every device in it.
+
+    Bringing a device up with IPv6 walks every IPv6 route of the namespace (each
+    device adds three), so a namespace's n-th link costs the kernel O(n): measured in
+    the VM, 1,000 links set up took 2.9 s at 1,000 links and 20.5 s at 6,000, against
+    a flat 0.6 s without IPv6. ``make bench-scale`` (50,000) runs without it.
+    """
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
     subprocess.run(["ip", "netns", "add", name], check=True)
+    if not ipv6:
+        subprocess.run(["ip", "netns", "exec", name, "sh", "-c",
+                        "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 && "
+                        "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6"], check=True)
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     return name
 

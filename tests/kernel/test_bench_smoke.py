@@ -74,6 +74,22 @@ def test_bench_smoke_writes_every_row(tmp_path, capsys):
     assert "xfrmid-bench-" not in left
 
 
+def test_bench_scale_rows_without_ipv6(tmp_path, capsys):
+    """make bench-scale's namespaces have no IPv6: its rows run, and no device there has an IPv6 address."""
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--only", "scale", "--scale", "12", "--samples", "12", "--storm-wait", "10",
+                     "--ipv6", "off", "--memory-target", "per-interface", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed[-3000:]
+    by = {r["name"]: r for r in json.loads(out.read_text())}
+    assert set(by) == {"startup", "memory", "latency", "event_storm"}
+    assert by["event_storm"]["repaired"] and by["memory"]["judged_on"] == "kb_per_interface"
+    # each link's address and lo's 127.0.0.1: no link-local IPv6 address, nor lo's ::1
+    assert by["startup"]["kernel_reads_messages"]["addresses"] == 13, by["startup"]
+    meta = json.loads((tmp_path / "bench-meta.json").read_text())
+    assert meta["args"]["ipv6"] == "off"
+
+
 def test_call_costs_measure_each_kind_of_call(tmp_path, capsys):
     out = tmp_path / "costs.json"
     assert call_costs.main(["--n", "20", "--out", str(out)]) == 0
