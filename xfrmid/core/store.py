@@ -150,7 +150,7 @@ class StateStore:
             # After a journal the store does not know the file, so its first write
             # compacts from the live state (knowing it would only move that work into
             # the start-up).
-            self._know(data, len(text.encode()))
+            self._know(data, text[start:end], len(text.encode()))
         return _replay(data, records) if records else data
 
     def _careful_journal(self, text: str, journal: str) -> list[dict]:
@@ -176,9 +176,9 @@ class StateStore:
             records.append(record)
         return records
 
-    def _know(self, data: dict, size: int) -> None:
+    def _know(self, data: dict, snapshot: str, size: int) -> None:
         try:
-            image = known(data)
+            image = known(data, snapshot)
         except (TypeError, KeyError, AttributeError):  # a hand-written file of another shape
             return
         self._image, self._size, self._snapshot_size = image, size, size
