@@ -164,7 +164,7 @@ bench: venv venv-bench
 
 # The scale run (bench/README.md): startup, latency, event storm and memory with
 # 50,000 interfaces, create and delete of 5,000 in one call each; no hub rows.
-# About an hour in the emulated VM: build/reports/bench-scale.json, -meta.json, -host.txt.
+# About ten minutes in the emulated VM (614 s on a quiet host): build/reports/bench-scale.json, -meta.json, -host.txt.
 # Without IPv6 in its namespaces: with it, the kernel's link-up cost grows with the links
 # already there, and preparing 50,000 alone takes hours (bench/harness.py, netns_add).
 .PHONY: bench-scale

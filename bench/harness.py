@@ -29,10 +29,10 @@ TOP = Path(__file__).resolve().parents[1]
 def netns_add(name: str, *, ipv6: bool = True) -> str:
     """A fresh namespace with lo up; ``ipv6=False``: IPv6 disabled on every device in it.
 
-    Bringing a device up with IPv6 walks every IPv6 route of the namespace (each
-    device adds three), so a namespace's n-th link costs the kernel O(n): measured in
-    the VM, 1,000 links set up took 2.9 s at 1,000 links and 20.5 s at 6,000, against
-    a flat 0.6 s without IPv6. ``make bench-scale`` (50,000) runs without it.
+    With IPv6, each device set up adds three IPv6 routes, and the kernel's time to set
+    one up grows with the IPv6 routes already there: measured in the VM, 1,000 links
+    set up took 2.9 s at 1,000 links and 20.5 s at 6,000, against a flat 0.6 s without
+    IPv6. ``make bench-scale`` (50,000) runs without it.
     """
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
     subprocess.run(["ip", "netns", "add", name], check=True)

@@ -61,10 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "5 KB per interface above the daemon started with none) or auto (rss up to 10,000 "
                              "interfaces, per-interface above)")
     parser.add_argument("--ipv6", choices=("on", "off"), default="on",
-                        help="IPv6 in the bench's namespaces (default on). The kernel's cost of setting a link "
-                             "up grows with the IPv6 routes of its namespace, so 50,000 links take hours to "
-                             "prepare with it: make bench-scale runs with --ipv6 off, for xfrmid and "
-                             "the baselines alike")
+                        help="IPv6 in the bench's namespaces, for xfrmid and the baselines alike (default on; "
+                             "make bench-scale: off, see bench/README.md)")
     parser.add_argument("--ready-timeout", type=float, default=3600.0, help="seconds the start-up may take")
     return parser
 

@@ -12,7 +12,6 @@ owns the lifecycle (start, reload, stop); the parts own the state:
 was last seen to hold, ``Publisher`` the listeners and the views published.
 
 Choices where the contract is silent:
-Choices where the contract is silent:
 - Detach, RemoveAddress and RemoveRoute are idempotent: removing what is not
   held (an owner that is not attached, an unknown interface) succeeds and
   changes nothing; Detach then returns False.
